@@ -1,0 +1,182 @@
+"""A fixed OpenAI-compatible upstream for tests and benchmarks (aiohttp.web).
+
+It speaks the real protocol — JSON answers, SSE streams with usage, OpenAI error bodies — so the
+production client code talks to it unchanged. Behaviour is chosen by the request's ``model``:
+
+    any name        canned answer "Hello from the fake upstream, friend." (words are stream chunks)
+    echo            the last message's text (or the prompt) as the answer
+    status-NNN      always answers HTTP NNN with an OpenAI error body
+    flaky-NNN       answers HTTP NNN to the first attempt of each distinct body, then succeeds
+    slow            waits ``delay`` seconds (body field, default 0.2) before each chunk
+
+``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
+``GET /_stats`` counts requests. Run alone: ``python -m bench.fake_upstream --port 9100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import threading
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+CANNED = "Hello from the fake upstream, friend."
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.last_headers: dict[str, str] = {}
+        self.requests = 0
+        self.failed_once: set[str] = set()
+        self.app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_get("/_last", self.last_body)
+        self.app.router.add_get("/_stats", self.stats)
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
+                                                              "owned_by": "fake"}]})
+
+    async def last_body(self, _: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"body": self.last, "headers": self.last_headers}),
+                            content_type="application/json")
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"requests": self.requests}), content_type="application/json")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=False)
+
+    async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.requests += 1
+        self.last = body
+        self.last_headers = {k.lower(): v for k, v in request.headers.items()}
+        model = str(body.get("model", ""))
+        failure = self._failure(model, raw)
+        if failure:
+            return web.Response(status=failure, content_type="application/json", headers={"retry-after": "0"},
+                                body=orjson.dumps({"error": {"message": f"fake upstream says {failure}",
+                                                             "type": "upstream_test", "param": None,
+                                                             "code": f"fake_{failure}"}}))
+        text = _text_of(body, chat) if model == "echo" else CANNED
+        words = [w + " " for w in text.split(" ")]
+        words[-1] = words[-1][:-1]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if limit is not None and limit < len(words):
+            words, finish = words[: int(limit)], "length"
+        delay = float(body.get("delay", 0.2)) if model == "slow" else 0.0
+        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        rid = "fake-" + hashlib.sha1(raw).hexdigest()[:12]
+        if not body.get("stream"):
+            if delay:
+                await asyncio.sleep(delay)
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": "".join(words)}
+            else:
+                choice["text"] = "".join(words)
+            return web.Response(body=orjson.dumps({
+                "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": model, "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake"}),
+                content_type="application/json")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": model}
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n")
+
+        if chat:
+            await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for w in words:
+            if delay:
+                await asyncio.sleep(delay)
+            piece = {"delta": {"content": w}} if chat else {"text": w}
+            await send([{"index": 0, **piece, "finish_reason": None}])
+        await send([{"index": 0, **({"delta": {}} if chat else {"text": ""}), "finish_reason": finish}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=usage)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _failure(self, model: str, raw: bytes) -> int | None:
+        if model.startswith("status-"):
+            return int(model.split("-", 1)[1])
+        if model.startswith("flaky-"):
+            key = hashlib.sha1(raw).hexdigest()
+            if key not in self.failed_once:
+                self.failed_once.add(key)
+                return int(model.split("-", 1)[1])
+        return None
+
+
+def _text_of(body: dict[str, Any], chat: bool) -> str:
+    if chat:
+        content = (body.get("messages") or [{}])[-1].get("content") or ""
+        return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else str(prompt[0])
+
+
+class UpstreamThread:
+    """Runs a FakeUpstream on 127.0.0.1:port in a background thread (for tests)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.fake = FakeUpstream()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-upstream")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self.fake.app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, backlog=2048).start())
+        self._started.set()
+        self._loop.run_forever()
+
+    def start(self) -> "UpstreamThread":
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(FakeUpstream().app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Gateway: HTTP, auth, limits, enqueue, stream relay."""

@@ -1,0 +1,66 @@
+"""The FastAPI application: routers, error handlers, middleware; services built once in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.config import Config
+from gateway.context import RequestContextMiddleware, request_id
+from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, render
+from gateway.routes import generate, health, openai
+from gateway.services import build_services
+
+log = logging.getLogger("gatehouse.gateway")
+
+
+def create_app(config: Config, master_key: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await build_services(config, master_key)
+        log.info("gateway ready: %d model(s): %s", len(app.state.services.models),
+                 ", ".join(app.state.services.models))
+        try:
+            yield
+        finally:
+            await app.state.services.aclose()
+
+    app = FastAPI(title="Gatehouse", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.include_router(openai.router)
+    app.include_router(generate.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.code)
+        return render(exc, request_id(request.scope))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return render(InvalidRequest("Invalid request parameters."), request_id(request.scope))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            err: GatewayError = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}.")
+        elif exc.status_code == 404:
+            err = NotFound(f"Unknown route: {request.method} {request.url.path}.")
+        else:
+            err = GatewayError(str(exc.detail), status=exc.status_code, type_="invalid_request_error")
+        return render(err, request_id(request.scope))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return render(GatewayError("The gateway had an internal error handling this request."),
+                      request_id(request.scope))
+
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.settings.max_body_bytes)
+    return app

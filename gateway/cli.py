@@ -1,0 +1,159 @@
+"""The ``gatehouse`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import urllib.request
+from typing import Annotated, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.embedded import ensure_master_key
+from observability.logs import setup_logging
+
+app = typer.Typer(help="Gatehouse: an OpenAI-compatible gateway with a Redis queue, async workers and GPU "
+                       "model apps.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config file (LiteLLM-compatible "
+                                                  "model_list). Default: $GATEHOUSE_CONFIG or ./gatehouse.yaml.")]
+PortOpt = Annotated[Optional[int], typer.Option("--port", "-p", help="Gateway port (default 8000, "
+                                                "$GATEHOUSE_PORT).")]
+HostOpt = Annotated[Optional[str], typer.Option("--host", help="Interface to bind (default 127.0.0.1).")]
+
+
+def _load(config: str | None, **overrides: object) -> Config:
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[f"GATEHOUSE_{key.upper()}"] = str(value)
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        err_console.print(f"[bold red]config error:[/bold red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _base_url(cfg: Config, base_url: str | None) -> str:
+    return (base_url or f"http://{cfg.settings.host}:{cfg.settings.port}").rstrip("/")
+
+
+@app.command()
+def up(config: ConfigOpt = None, port: PortOpt = None, host: HostOpt = None,
+       workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker processes.")] = None) -> None:
+    """Start everything: embedded Valkey + PostgreSQL (unless REDIS_URL / DATABASE_URL are set), the gateway
+    and the workers. Prints the base URL and the master key; Ctrl-C stops it all."""
+    from gateway.supervisor import Supervisor
+
+    cfg = _load(config, port=port, host=host, workers=workers)
+    setup_logging(cfg.settings.log_level, cfg.settings.log_format, "up")
+    raise typer.Exit(Supervisor(cfg, config or os.environ.get("GATEHOUSE_CONFIG"), console).run())
+
+
+@app.command()
+def serve(config: ConfigOpt = None, port: PortOpt = None, host: HostOpt = None) -> None:
+    """Run the gateway only (needs REDIS_URL; workers run separately)."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    cfg = _load(config, port=port, host=host)
+    s = cfg.settings
+    setup_logging(s.log_level, s.log_format, "gateway")
+    master_key = ensure_master_key(s.data_dir, cfg.master_key())
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(cfg, master_key), host=s.host, port=s.port, loop="uvloop", http="httptools",
+        access_log=False, log_config=None, timeout_graceful_shutdown=30, backlog=4096,
+        timeout_keep_alive=75, server_header=False))
+    server.run()
+
+
+@app.command()
+def worker(config: ConfigOpt = None,
+           burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False) -> None:
+    """Run one worker process (needs REDIS_URL)."""
+    import uvloop
+
+    from workers.worker import build_worker
+
+    cfg = _load(config)
+    setup_logging(cfg.settings.log_level, cfg.settings.log_format, "worker")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    build_worker(cfg, burst=burst).run()
+
+
+@app.command()
+def models(config: ConfigOpt = None,
+           base_url: Annotated[Optional[str], typer.Option(help="Ask this running gateway instead.")] = None
+           ) -> None:
+    """List the models: asks the running gateway, or reads the config when none answers."""
+    cfg = _load(config)
+    table = Table("model", "backend", "upstream")
+    try:
+        key = ensure_master_key(cfg.settings.data_dir, cfg.master_key())
+        req = urllib.request.Request(_base_url(cfg, base_url) + "/health",
+                                     headers={"authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=3) as r:
+            live = {m["id"]: m["backend"] for m in orjson.loads(r.read())["models"]}
+        source = "gateway"
+    except OSError:
+        live, source = {}, "config"
+    for name, entry in cfg.models().items():
+        if source == "config" or name in live:
+            table.add_row(name, entry.backend, entry.litellm_params.model)
+    Console().print(table)
+    console.print(f"[dim]source: {source}[/dim]")
+
+
+@app.command()
+def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")],
+         prompt: Annotated[str, typer.Argument(help="The user message.")],
+         config: ConfigOpt = None,
+         base_url: Annotated[Optional[str], typer.Option(help="Gateway URL (default: the configured one).")] = None,
+         api_key: Annotated[Optional[str], typer.Option(envvar="GATEHOUSE_API_KEY",
+                                                        help="API key (default: the master key).")] = None,
+         max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+         temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
+         seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None) -> None:
+    """Stream a reply from MODEL to PROMPT in the terminal, through the gateway."""
+    import openai
+
+    cfg = _load(config)
+    key = api_key or ensure_master_key(cfg.settings.data_dir, cfg.master_key())
+    client = openai.OpenAI(base_url=_base_url(cfg, base_url) + "/v1", api_key=key, max_retries=1)
+    extra = {k: v for k, v in {"temperature": temperature, "seed": seed}.items() if v is not None}
+    try:
+        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=max_tokens, stream=True,
+                                                stream_options={"include_usage": True}, **extra)
+        usage = None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                sys.stdout.write(chunk.choices[0].delta.content)
+                sys.stdout.flush()
+            if chunk.usage:
+                usage = chunk.usage
+        sys.stdout.write("\n")
+        if usage:
+            console.print(f"[dim]{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens[/dim]")
+    except openai.APIConnectionError:
+        err_console.print(f"[red]cannot reach the gateway at {client.base_url}; is `gatehouse up` running?[/red]")
+        raise typer.Exit(1) from None
+    except openai.APIStatusError as e:
+        err_console.print(f"[red]{e.status_code}: {e.message}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

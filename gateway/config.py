@@ -1,0 +1,223 @@
+"""Configuration: one YAML file, validated, with environment overrides.
+
+The file is LiteLLM-proxy compatible: ``model_list`` (``model_name`` + ``litellm_params``), ``general_settings``,
+``litellm_settings`` and ``router_settings`` are accepted unchanged, so a LiteLLM user can bring theirs.
+Gatehouse's own settings live under a ``gatehouse:`` section; every one of them can be overridden from the
+environment as ``GATEHOUSE_<FIELD>`` (``REDIS_URL`` and ``DATABASE_URL`` also work unprefixed).
+
+Precedence: environment > file > defaults. Invalid config raises :class:`ConfigError` with one message that
+names the offending field; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_REF = "os.environ/"
+DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
+# Providers that already speak OpenAI's protocol go to the native client; "local" runs in-process;
+# anything else is translated by LiteLLM.
+OPENAI_COMPATIBLE = frozenset({"openai", "hosted_vllm", "openai_compatible", "groq", "deepinfra", "together_ai"})
+LOCAL = "local"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field."""
+
+
+class LiteLLMParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=3, pattern=r"^[A-Za-z0-9_\-]+/.+")
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model.split("/", 1)[1]
+
+    def extra_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        provider = self.litellm_params.provider
+        if provider == LOCAL:
+            return "local"
+        if provider in OPENAI_COMPATIBLE:
+            return "openai"
+        return "litellm"
+
+
+DEFAULT_MODEL_LIST = [ModelEntry(model_name="chargpt", litellm_params=LiteLLMParams(model="local/chargpt"))]
+
+
+class GatehouseSettings(BaseSettings):
+    """Gatehouse's own knobs (the ``gatehouse:`` section of the file)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="forbid", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Path(".gatehouse")
+    master_key: SecretStr | None = None
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("GATEHOUSE_REDIS_URL", "REDIS_URL", "redis_url"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("GATEHOUSE_DATABASE_URL", "DATABASE_URL", "database_url")
+    )
+    workers: int = Field(default=1, ge=1, le=64)
+    worker_concurrency: int = Field(default=256, ge=1, le=10_000)
+    queue_max_depth: int = Field(default=2_000, ge=1)
+    request_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_retries: int = Field(default=2, ge=0, le=10)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_tokens_limit: int = Field(default=131_072, ge=1)
+    log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+    log_format: str = Field(default="text", pattern=r"^(text|json)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # environment beats the file
+
+    @field_validator("master_key")
+    @classmethod
+    def _no_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and (len(v.get_secret_value()) < 8 or v.get_secret_value().lower() in {"changeme", "change-me"}):
+            raise ValueError("master_key must be at least 8 characters and not a placeholder")
+        return v
+
+
+class Config(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_list: list[ModelEntry] = Field(default_factory=lambda: list(DEFAULT_MODEL_LIST))
+    gatehouse: GatehouseSettings = Field(default_factory=GatehouseSettings)
+    general_settings: dict[str, Any] = Field(default_factory=dict)
+    litellm_settings: dict[str, Any] = Field(default_factory=dict)
+    router_settings: dict[str, Any] = Field(default_factory=dict)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def settings(self) -> GatehouseSettings:
+        return self.gatehouse
+
+    def models(self) -> dict[str, ModelEntry]:
+        """Public model name -> first deployment with that name."""
+        out: dict[str, ModelEntry] = {}
+        for e in self.model_list:
+            out.setdefault(e.model_name, e)
+        return out
+
+    def master_key(self) -> str | None:
+        if self.gatehouse.master_key is not None:
+            return self.gatehouse.master_key.get_secret_value()
+        mk = self.general_settings.get("master_key")
+        return str(mk) if mk else None
+
+
+def _resolve_env_refs(value: Any, path: str) -> Any:
+    """Replace LiteLLM's ``os.environ/NAME`` strings by the variable's value (missing -> ConfigError)."""
+    if isinstance(value, str) and value.startswith(ENV_REF):
+        name = value[len(ENV_REF):]
+        if name not in os.environ:
+            raise ConfigError(f"{path}: environment variable {name} is not set (referenced as {value!r})")
+        return os.environ[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env_refs(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env_refs(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]).replace(".[", "[")
+    loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    more = f" (and {len(err.errors()) - 1} more error(s))" if len(err.errors()) > 1 else ""
+    return f"{loc}: {first['msg']}{shown}{more}"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("GATEHOUSE_CONFIG")
+    if env:
+        return Path(env)
+    for name in DEFAULT_CONFIG_NAMES:
+        if Path(name).is_file():
+            return Path(name)
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load, resolve and validate. Raises ConfigError with a one-line, field-naming message."""
+    file = find_config_file(path)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e.strerror or e}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    for k, v in (raw.get("environment_variables") or {}).items():
+        os.environ.setdefault(str(k), str(v))
+    where = f"{file}: " if file else ""
+    try:
+        raw = _resolve_env_refs(raw, "")
+        section = raw.pop("gatehouse", None) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}gatehouse: must be a mapping")
+        try:
+            gh = GatehouseSettings(**section)
+        except ValidationError as e:
+            raise ConfigError(where + _format_validation_error(e, "gatehouse.")) from e
+        cfg = Config(**raw, gatehouse=gh, source=str(file) if file else None)
+    except ValidationError as e:
+        raise ConfigError(where + _format_validation_error(e)) from e
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(where) else where + msg.lstrip(".")) from e
+    if not cfg.model_list:
+        raise ConfigError(f"{where}model_list: must name at least one model")
+    return cfg

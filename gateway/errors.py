@@ -1,0 +1,162 @@
+"""One error hierarchy, one renderer: every failure a client sees is an OpenAI-style error body.
+
+    GatewayError (500 server_error)
+    ├── InvalidRequest (400 invalid_request_error)
+    ├── AuthenticationFailed (401 invalid_api_key)
+    ├── PermissionDenied (403)
+    ├── NotFound (404) ── ModelNotFound (404 model_not_found)
+    ├── MethodNotAllowed (405)
+    ├── PayloadTooLarge (413)
+    ├── RateLimited (429 rate_limit_exceeded)
+    ├── UpstreamError (502 / upstream's own 4xx)
+    ├── ServiceUnavailable (503) ── QueueFull (503 queue_full, retry-after)
+    └── GatewayTimeout (504 timeout)
+
+Body: ``{"error": {"message", "type", "param", "code"}}``. Messages never contain credentials or tracebacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None, type_: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type_ is not None:
+            self.type = type_
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class QueueFull(ServiceUnavailable):
+    code = "queue_full"
+
+    def __init__(self, retry_after: int = 1):
+        super().__init__("The gateway's queue is full; retry shortly.", headers={"retry-after": str(retry_after)})
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    type = "timeout_error"
+    code = "timeout"
+
+
+def from_validation_error(err: ValidationError) -> InvalidRequest:
+    """The first pydantic error as an OpenAI 400 naming the parameter."""
+    first = err.errors(include_url=False, include_input=False)[0]
+    loc = [str(p) for p in first["loc"] if p not in ("body",)]
+    param = ".".join(loc).replace(".[", "[") or None
+    kind = first["type"]
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                              code="missing_required_parameter")
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    return InvalidRequest(f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param, code=code)
+
+
+def render(err: GatewayError, request_id: str | None = None) -> Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(orjson.dumps(err.body()), status_code=err.status, headers=headers,
+                    media_type="application/json")
+
+
+def sse_error(err: GatewayError) -> bytes:
+    """A mid-stream failure: one ``data: {"error": ...}`` event (the stream then ends with [DONE])."""
+    return b"data: " + orjson.dumps(err.body()) + b"\n\n"
+
+
+STATUS_TO_ERROR: dict[int, type[GatewayError]] = {
+    400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound, 413: PayloadTooLarge,
+    429: RateLimited, 503: ServiceUnavailable, 504: GatewayTimeout,
+}
+
+
+def from_event(ev: dict[str, Any]) -> GatewayError:
+    """Rebuild the error a worker reported in its output stream."""
+    status = int(ev.get("status") or 502)
+    cls = STATUS_TO_ERROR.get(status, UpstreamError if status >= 500 else InvalidRequest)
+    return cls(str(ev.get("message") or "upstream error"), code=ev.get("code"), status=status,
+               type_=ev.get("type"), param=ev.get("param"))

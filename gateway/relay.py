@@ -1,0 +1,143 @@
+"""Relay: read a request's output stream (XREAD BLOCK from the start) and turn it into OpenAI responses.
+
+Readers start at ``0-0``, so a reader that arrives after the worker has finished still gets every event.
+There is no polling: each read blocks in Redis until the worker writes, or until the request's deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway import protocol as p
+from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
+from workers import queue as q
+
+DONE = b"data: [DONE]\n\n"
+
+
+async def read_events(redis: Redis, request_id: str, deadline: float) -> AsyncIterator[dict[str, Any]]:
+    """Yield the worker's events for ``request_id`` until ``end``; GatewayTimeout at ``deadline``."""
+    key = q.output_key(request_id)
+    last: bytes | str = b"0-0"
+    while True:
+        block_ms = int((deadline - time.time()) * 1000)
+        if block_ms <= 0:
+            raise GatewayTimeout("The request timed out before the model finished.")
+        resp = await redis.xread({key: last}, count=1024, block=block_ms)
+        if not resp:
+            continue  # the deadline check above raises
+        for entry_id, fields in resp[0][1]:
+            last = entry_id
+            ev = q.loads(fields[q.EVENT_FIELD])
+            if ev["k"] == "end":
+                return
+            yield ev
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + q.dumps(obj) + b"\n\n"
+
+
+class Shape:
+    """Per-endpoint response shapes (chat vs legacy completions)."""
+
+    def __init__(self, kind: str, response_id: str, model: str, created: int):
+        self.chat = kind == "chat"
+        self.id, self.model, self.created = response_id, model, created
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+              fingerprint: str | None = None) -> dict[str, Any]:
+        if self.chat:
+            return p.chat_chunk(self.id, self.model, self.created, choices, usage, fingerprint)
+        return p.text_chunk(self.id, self.model, self.created, choices, usage)
+
+    def whole(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None,
+              fingerprint: str | None = None) -> dict[str, Any]:
+        if self.chat:
+            return p.chat_completion(self.id, self.model, self.created, choices, usage, fingerprint)
+        return p.text_completion(self.id, self.model, self.created, choices, usage)
+
+    def result_as_chunks(self, d: dict[str, Any]) -> list[dict[str, Any]]:
+        """A non-streamed answer replayed as stream chunks (role, content, finish)."""
+        out = []
+        for c in d.get("choices", []):
+            i = c.get("index", 0)
+            if self.chat:
+                msg = dict(c.get("message") or {})
+                role = msg.pop("role", "assistant")
+                out.append(self.chunk([{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
+                                        "finish_reason": None}]))
+                if msg.get("content") or len(msg) > 1:
+                    out.append(self.chunk([{"index": i, "delta": msg, "logprobs": None, "finish_reason": None}]))
+                out.append(self.chunk([{"index": i, "delta": {}, "logprobs": None,
+                                        "finish_reason": c.get("finish_reason")}]))
+            else:
+                out.append(self.chunk([{"index": i, "text": c.get("text", ""), "logprobs": None,
+                                        "finish_reason": c.get("finish_reason")}]))
+        return out
+
+
+async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, include_usage: bool) -> AsyncIterator[bytes]:
+    """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``."""
+    usage: dict[str, Any] | None = None
+    try:
+        async for ev in events:
+            k = ev["k"]
+            if k == "chunk":
+                d = ev["d"]
+                if d.get("usage"):
+                    usage = d["usage"]
+                choices = d.get("choices")
+                if choices:
+                    yield _sse(shape.chunk(choices, None, d.get("system_fingerprint")))
+            elif k == "result":
+                usage = ev["d"].get("usage") or usage
+                for chunk in shape.result_as_chunks(ev["d"]):
+                    yield _sse(chunk)
+            elif k == "error":
+                yield sse_error(from_event(ev))
+                break
+    except GatewayError as e:
+        yield sse_error(e)
+        yield DONE
+        return
+    if include_usage and usage is not None:
+        yield _sse(shape.chunk([], usage))
+    yield DONE
+
+
+async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape) -> dict[str, Any]:
+    """Worker events -> one whole response body. Raises the worker's error as a GatewayError."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    usage: dict[str, Any] | None = None
+    fingerprint = None
+    async for ev in events:
+        k = ev["k"]
+        if k == "result":
+            d = ev["d"]
+            return shape.whole(d.get("choices", []), d.get("usage"), d.get("system_fingerprint"))
+        if k == "error":
+            raise from_event(ev)
+        d = ev["d"]
+        usage = d.get("usage") or usage
+        fingerprint = d.get("system_fingerprint") or fingerprint
+        for c in d.get("choices") or ():
+            i = c.get("index", 0)
+            piece = (c.get("delta") or {}).get("content") if shape.chat else c.get("text")
+            if piece:
+                texts.setdefault(i, []).append(piece)
+            finish[i] = c.get("finish_reason") or finish.get(i)
+    choices = []
+    for i in sorted(set(texts) | set(finish)):
+        text = "".join(texts.get(i, []))
+        if shape.chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": None, "finish_reason": finish.get(i) or "stop"})
+        else:
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish.get(i) or "stop"})
+    return shape.whole(choices, usage, fingerprint)

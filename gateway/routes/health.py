@@ -1,0 +1,76 @@
+"""Health probes: liveness (process up), readiness (Redis, PostgreSQL, a fresh worker), and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import protocol as p
+from gateway.services import Services, services
+from workers import queue as q
+
+router = APIRouter()
+VERSION = "0.1.0"
+
+
+async def _redis_ok(svc: Services) -> bool:
+    try:
+        return bool(await asyncio.wait_for(svc.redis.ping(), 2))
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+async def _db_ok(svc: Services) -> bool:
+    if svc.db is None:
+        return svc.config.settings.database_url is None
+    try:
+        return await asyncio.wait_for(svc.db.fetchval("SELECT 1"), 2) == 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+async def fresh_workers(svc: Services) -> int:
+    try:
+        return int(await svc.redis.zcount(q.WORKERS_KEY, time.time() - q.HEARTBEAT_FRESH_S, "+inf"))
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _json(obj: dict, status: int = 200) -> Response:
+    return Response(p.dumps_json(obj), status_code=status, media_type="application/json")
+
+
+@router.get("/health/live")
+async def live() -> Response:
+    return _json({"status": "alive"})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> Response:
+    svc = services(request)
+    redis_ok, db_ok = await asyncio.gather(_redis_ok(svc), _db_ok(svc))
+    workers = await fresh_workers(svc) if redis_ok else 0
+    checks = {"redis": redis_ok, "postgres": db_ok, "workers": workers}
+    ok = redis_ok and db_ok and workers > 0
+    return _json({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+
+@router.get("/health")
+async def summary(request: Request) -> Response:
+    svc = services(request)
+    redis_ok, db_ok = await asyncio.gather(_redis_ok(svc), _db_ok(svc))
+    depth = await svc.queue.depth() if redis_ok else None
+    workers = await fresh_workers(svc) if redis_ok else 0
+    return _json({
+        "status": "healthy" if redis_ok and db_ok and workers else "degraded",
+        "version": VERSION,
+        "uptime_s": round(time.time() - svc.started_at, 1),
+        "redis": redis_ok,
+        "postgres": db_ok,
+        "queue": {"name": svc.queue.name, "depth": depth, "max_depth": svc.queue.max_depth},
+        "workers": workers,
+        "models": [{"id": name, "backend": e.backend} for name, e in svc.models.items()],
+    })

@@ -1,0 +1,59 @@
+"""OpenAI-compatible routes: chat completions, completions, models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import protocol as p
+from gateway.serving import Generation, parse, read_json
+from gateway.services import services
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions", include_in_schema=False)
+async def chat_completions(request: Request) -> Response:
+    svc = services(request)
+    svc.auth.authenticate(request)
+    body = await read_json(request, svc.config.settings.max_body_bytes)
+    req: p.ChatCompletionRequest = parse(p.ChatCompletionRequest, body)
+    gen = Generation(svc)
+    gen.check_model(req.model)
+    gen.check_limits(req)
+    return await gen.run(request, "chat", body, req.model, stream=bool(req.stream),
+                         include_usage=req.include_usage(), id_prefix="chatcmpl-")
+
+
+@router.post("/v1/completions")
+@router.post("/completions", include_in_schema=False)
+async def completions(request: Request) -> Response:
+    svc = services(request)
+    svc.auth.authenticate(request)
+    body = await read_json(request, svc.config.settings.max_body_bytes)
+    req: p.CompletionRequest = parse(p.CompletionRequest, body)
+    gen = Generation(svc)
+    gen.check_model(req.model)
+    gen.check_limits(req)
+    return await gen.run(request, "completion", body, req.model, stream=bool(req.stream),
+                         include_usage=req.include_usage(), id_prefix="cmpl-")
+
+
+@router.get("/v1/models")
+@router.get("/models", include_in_schema=False)
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    svc.auth.authenticate(request)
+    created = int(svc.started_at)
+    cards = [p.model_card(name, created) for name in svc.models]
+    return Response(p.dumps_json(p.model_list(cards)), media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}")
+@router.get("/models/{model_id:path}", include_in_schema=False)
+async def get_model(request: Request, model_id: str) -> Response:
+    svc = services(request)
+    svc.auth.authenticate(request)
+    Generation(svc).check_model(model_id)
+    return Response(p.dumps_json(p.model_card(model_id, int(svc.started_at))), media_type="application/json")

@@ -1,0 +1,69 @@
+"""Services built once at start-up (in the app's lifespan) and reached through ``services(request)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.requests import Request
+
+from gateway.auth import Authenticator
+from gateway.config import Config, ModelEntry
+from gateway.enqueue import JobQueue
+
+log = logging.getLogger("gatehouse.gateway")
+
+
+@dataclass
+class Services:
+    config: Config
+    redis: Redis
+    queue: JobQueue
+    auth: Authenticator
+    db: asyncpg.Pool | None
+    models: dict[str, ModelEntry]
+    started_at: float = field(default_factory=time.time)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        if self.db is not None:
+            await self.db.close()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def redis_client(url: str, max_connections: int = 4096) -> Redis:
+    """One pool for enqueues and the blocking stream reads (each in-flight read holds a connection)."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
+                                           health_check_interval=30)
+    return Redis(connection_pool=pool)
+
+
+async def open_db(url: str | None) -> asyncpg.Pool | None:
+    if not url:
+        return None
+    try:
+        return await asyncpg.create_pool(url, min_size=1, max_size=4, command_timeout=5, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+        log.warning("PostgreSQL is not reachable yet (%s); readiness will report it", type(e).__name__)
+        return None
+
+
+async def build_services(config: Config, master_key: str) -> Services:
+    s = config.settings
+    if not s.redis_url:
+        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
+    redis = redis_client(s.redis_url)
+    return Services(
+        config=config,
+        redis=redis,
+        queue=JobQueue(redis, max_depth=s.queue_max_depth),
+        auth=Authenticator(master_key),
+        db=await open_db(s.database_url),
+        models=config.models(),
+    )

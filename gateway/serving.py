@@ -1,0 +1,161 @@
+"""Request handling for the generation endpoints, as a pipeline of small steps:
+
+    read body → parse & validate → check model → build job → enqueue → relay (SSE or whole reply)
+
+Each step raises a GatewayError the router renders; nothing here knows about routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway import protocol as p
+from gateway.context import request_id
+from gateway.errors import (
+    GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, from_event, from_validation_error,
+)
+from gateway.relay import Shape, collect, read_events, sse_stream
+from gateway.services import Services
+from workers.queue import JobKind, JobSpec
+
+log = logging.getLogger("gatehouse.gateway")
+_background: set[asyncio.Task[Any]] = set()
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 past ``limit`` bytes, 400 for anything that is not a JSON object."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
+                             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+                             "but what was sent was not valid JSON.)", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def parse(model_cls: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model_cls.model_validate(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def deadline_for(request: Request, default_s: float) -> float:
+    """The SDK announces its own timeout (x-stainless-timeout); never wait past either."""
+    timeout = default_s
+    hinted = request.headers.get("x-stainless-timeout")
+    if hinted:
+        try:
+            timeout = min(timeout, max(0.1, float(hinted)))
+        except ValueError:
+            pass
+    return time.time() + timeout
+
+
+class Generation:
+    """Submits a validated request as a job and relays the worker's output."""
+
+    def __init__(self, svc: Services):
+        self.svc = svc
+        self.settings = svc.config.settings
+
+    def check_model(self, name: str) -> None:
+        if name not in self.svc.models:
+            raise ModelNotFound(name)
+
+    def check_limits(self, req: p._Sampling) -> None:
+        limit = req.token_limit()
+        if limit is not None and limit > self.settings.max_tokens_limit:
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            raise InvalidRequest(f"{param} is too large: {limit}. This gateway allows at most "
+                                 f"{self.settings.max_tokens_limit} tokens per completion.", param=param,
+                                 code="invalid_value")
+
+    async def run(self, request: Request, kind: JobKind, body: dict[str, Any], model: str, *, stream: bool,
+                  include_usage: bool, id_prefix: str) -> Response:
+        rid = request_id(request.scope)
+        spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
+                       deadline=deadline_for(request, self.settings.request_timeout_s))
+        await self.svc.queue.submit(spec)
+        shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
+        events = read_events(self.svc.redis, rid, spec.deadline)
+        if stream:
+            return StreamingResponse(self._guarded_stream(rid, sse_stream(events, shape, include_usage)),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        result = await self._collect_or_cancel(request, rid, events, shape, kind)
+        return Response(orjson.dumps(result), media_type="application/json")
+
+    async def _collect_or_cancel(self, request: Request, rid: str, events: AsyncIterator[dict[str, Any]],
+                                 shape: Shape, kind: JobKind) -> dict[str, Any]:
+        """Wait for the whole answer; if the client disconnects or time runs out, cancel the job."""
+        current = asyncio.current_task()
+        assert current is not None
+        watcher = asyncio.create_task(_wait_disconnect(request))
+        watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and t.result() else None)
+        done = False
+        try:
+            if kind == "generate":
+                result = await _first_result(events)
+            else:
+                result = await collect(events, shape)
+            done = True
+            return result
+        finally:
+            watcher.cancel()
+            if not done:
+                self._cancel_later(rid)
+
+    async def _guarded_stream(self, rid: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            async for piece in body:
+                yield piece
+            finished = True
+        finally:
+            if not finished:  # client went away (Starlette cancels us) or a read failed
+                self._cancel_later(rid)
+
+    def _cancel_later(self, rid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.svc.queue.cancel(rid))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+async def _wait_disconnect(request: Request) -> bool:
+    """True once the client disconnects (the body has been read, so receive() only reports that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            log.info("client disconnected; cancelling request")
+            return True
+
+
+async def _first_result(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    async for ev in events:
+        if ev["k"] == "result":
+            return ev["d"]  # type: ignore[no-any-return]
+        if ev["k"] == "error":
+            raise from_event(ev)
+    raise GatewayError("The worker finished without a result.")

@@ -1,0 +1,174 @@
+"""``gatehouse up``: start the embedded servers, the gateway and the workers; stop them all on Ctrl-C.
+
+Children are plain subprocesses (``gatehouse serve`` / ``gatehouse worker``) so each gets its own event loop
+and core; one that dies unexpectedly is restarted with backoff, and repeated crashes stop the whole system
+rather than flapping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from gateway.config import Config
+from gateway.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
+
+log = logging.getLogger("gatehouse.up")
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, console: Console):
+        self.config = config
+        self.config_path = config_path
+        self.console = console
+        self.valkey: EmbeddedValkey | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def _start_servers(self, data_dir: Path) -> tuple[str, str]:
+        s = self.config.settings
+        redis_url, db_url = s.redis_url, s.database_url
+        if not redis_url:
+            self.valkey = EmbeddedValkey(data_dir)
+            redis_url = self.valkey.start()
+        if not db_url:
+            self.postgres = EmbeddedPostgres(data_dir)
+            db_url = self.postgres.start()
+        return redis_url, db_url
+
+    def _child_env(self, redis_url: str, db_url: str, master_key: str) -> dict[str, str]:
+        s = self.config.settings
+        env = dict(os.environ)
+        env.update(REDIS_URL=redis_url, DATABASE_URL=db_url, GATEHOUSE_MASTER_KEY=master_key,
+                   GATEHOUSE_PORT=str(s.port), GATEHOUSE_HOST=s.host, GATEHOUSE_DATA_DIR=str(s.data_dir))
+        if self.config_path:
+            env["GATEHOUSE_CONFIG"] = str(Path(self.config_path).resolve())
+        return env
+
+    def run(self) -> int:
+        s = self.config.settings
+        data_dir = s.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        master_key = ensure_master_key(data_dir, self.config.master_key())
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            with self.console.status("starting Valkey and PostgreSQL…"):
+                redis_url, db_url = self._start_servers(data_dir)
+            env = self._child_env(redis_url, db_url, master_key)
+            exe = [sys.executable, "-m", "gateway.cli"]
+            self.children = [Child("gateway", [*exe, "serve"], env)]
+            self.children += [Child(f"worker-{i + 1}", [*exe, "worker"], env) for i in range(s.workers)]
+            for c in self.children:
+                c.start()
+            base = f"http://{s.host}:{s.port}"
+            with self.console.status("waiting for the gateway and a worker to be ready…"):
+                ready = self._wait_ready(base, timeout=120)
+            if not ready:
+                self.console.print("[red]the gateway did not become ready within 120 s; see the logs above[/red]")
+                return 1
+            self._banner(base, master_key)
+            return self._watch()
+        finally:
+            self._shutdown()
+
+    def _wait_ready(self, base: str, timeout: float) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not self.stopping:
+            if not all(c.alive() for c in self.children):
+                return False
+            try:
+                with urllib.request.urlopen(base + "/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.25)
+        return False
+
+    def _banner(self, base: str, master_key: str) -> None:
+        models = ", ".join(self.config.models())
+        self.console.print(f"\n[bold green]Gatehouse is up[/bold green]\n"
+                           f"  base URL   [bold]{base}/v1[/bold]\n"
+                           f"  master key [bold]{master_key}[/bold]\n"
+                           f"  models     {models}\n"
+                           f"  health     {base}/health\n\n"
+                           f"  try: curl {base}/v1/chat/completions -H 'Authorization: Bearer {master_key}' "
+                           f"-H 'Content-Type: application/json' -d '{{\"model\":\"chargpt\",\"messages\":"
+                           f"[{{\"role\":\"user\",\"content\":\"def \"}}],\"max_tokens\":60,\"seed\":1}}'\n"
+                           f"  Ctrl-C stops everything.\n", highlight=False)
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            for c in self.children:
+                if c.alive() or self.stopping:
+                    continue
+                code = c.proc.returncode if c.proc else None
+                now = time.time()
+                c.restarts = [t for t in c.restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(c.restarts) > MAX_RESTARTS:
+                    log.error("%s exited (%s) %d times within %ds; stopping", c.name, code, MAX_RESTARTS,
+                              RESTART_WINDOW_S)
+                    return 1
+                log.warning("%s exited with %s; restarting", c.name, code)
+                time.sleep(min(5.0, 0.5 * len(c.restarts)))
+                c.start()
+            time.sleep(0.2)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stopping:  # second Ctrl-C: stop waiting for drains
+            for c in self.children:
+                if c.alive() and c.proc:
+                    c.proc.kill()
+            return
+        self.stopping = True
+        self.console.print("\nstopping… (Ctrl-C again to force)")
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        for c in self.children:
+            if c.alive() and c.proc:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 40
+        for c in self.children:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", c.name)
+                c.proc.kill()
+                c.proc.wait()
+        if self.valkey:
+            self.valkey.stop()
+        if self.postgres:
+            self.postgres.stop()
+        self.console.print("stopped.")

@@ -1,0 +1,1 @@
+"""Observability: logging now; tracing (Langfuse) and metrics (Prometheus) plug in at the same seams."""

@@ -1,0 +1,78 @@
+"""Backends, one module each, behind :class:`workers.backends.base.Backend`; ``Backends`` builds them from
+the config's ``model_list`` and owns the resources they share (HTTP pool, model threads)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.config import Config, ModelEntry
+from workers.backends.base import Backend, BackendError, WholeAnswer
+
+log = logging.getLogger("gatehouse.worker")
+
+__all__ = ["Backend", "BackendError", "Backends", "WholeAnswer"]
+
+
+class Backends:
+    """Model name -> backend, built once per worker process."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._by_name: dict[str, Backend] = {}
+        self._session: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._engines: dict[str, Any] = {}
+
+    def build(self) -> "Backends":
+        for name, entry in self.config.models().items():
+            self._by_name[name] = self._make(entry)
+            log.info("model %s -> %s backend (%s)", name, entry.backend, entry.litellm_params.model)
+        return self
+
+    def _make(self, entry: ModelEntry) -> Backend:
+        s = self.config.settings
+        if entry.backend == "openai":
+            from workers.backends.openai_compat import OpenAICompatibleBackend, new_session
+
+            if self._session is None:
+                self._session = new_session()
+            return OpenAICompatibleBackend(entry, self._session, retries=s.upstream_retries,
+                                           timeout_s=s.upstream_timeout_s)
+        if entry.backend == "litellm":
+            from workers.backends.litellm_backend import LiteLLMBackend
+
+            return LiteLLMBackend(entry, retries=s.upstream_retries, timeout_s=s.upstream_timeout_s)
+        from workers.backends.local import LocalBackend
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
+        return LocalBackend(entry, self._engine(entry), self._executor)
+
+    def _engine(self, entry: ModelEntry) -> Any:
+        name = entry.litellm_params.upstream_model
+        if name not in self._engines:
+            if name != "chargpt":
+                raise ValueError(f"model_list entry {entry.model_name!r}: unknown local model {name!r} "
+                                 "(available: chargpt)")
+            from gpu_apps.chargpt import CharGPTEngine
+
+            extras = entry.litellm_params.extra_params()
+            self._engines[name] = CharGPTEngine.load(extras.get("checkpoint"))
+        return self._engines[name]
+
+    def get(self, model: str) -> Backend:
+        try:
+            return self._by_name[model]
+        except KeyError:
+            raise BackendError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                               code="model_not_found", param="model") from None
+
+    async def aclose(self) -> None:
+        for b in self._by_name.values():
+            await b.aclose()
+        if self._session is not None:
+            await self._session.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,84 @@
+"""Providers that need protocol translation (Anthropic, Bedrock, Vertex, Azure, ...) through LiteLLM.
+
+LiteLLM is imported lazily: it costs seconds and ~150 MB to import, and a worker that serves only
+OpenAI-compatible or local models never pays that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import ModelEntry
+from workers.backends.base import Backend, BackendError
+from workers.queue import JobSpec
+
+_DROP = {"model", "stream", "stream_options"}
+
+
+class LiteLLMBackend(Backend):
+    name = "litellm"
+
+    def __init__(self, entry: ModelEntry, *, retries: int = 2, timeout_s: float = 600.0):
+        lp = entry.litellm_params
+        self.model = lp.model
+        self.params: dict[str, Any] = {k: v for k, v in lp.extra_params().items()}
+        if lp.api_base:
+            self.params["api_base"] = lp.api_base
+        if lp.api_key is not None:
+            self.params["api_key"] = lp.api_key.get_secret_value()
+        self.params["num_retries"] = lp.max_retries if lp.max_retries is not None else retries
+        self.timeout_s = lp.timeout or timeout_s
+
+    def _kwargs(self, job: JobSpec, stream: bool) -> dict[str, Any]:
+        kw = {**self.params, **{k: v for k, v in job.body.items() if k not in _DROP}}
+        kw.update(model=self.model, timeout=max(0.05, min(self.timeout_s, job.remaining())))
+        if stream:
+            kw.update(stream=True, stream_options={"include_usage": True})
+        return kw
+
+    async def complete(self, job: JobSpec) -> dict[str, Any]:
+        litellm = _import()
+        fn = litellm.acompletion if job.kind == "chat" else litellm.atext_completion
+        try:
+            resp = await fn(**self._kwargs(job, stream=False))
+        except Exception as e:  # noqa: BLE001 - LiteLLM raises many types; map them all at this boundary
+            raise _map_error(e) from e
+        out = resp.model_dump(exclude_none=False)
+        return {k: out[k] for k in ("choices", "usage", "system_fingerprint") if out.get(k) is not None}
+
+    async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
+        litellm = _import()
+        fn = litellm.acompletion if job.kind == "chat" else litellm.atext_completion
+        try:
+            resp = await fn(**self._kwargs(job, stream=True))
+            async for chunk in resp:
+                d = chunk.model_dump(exclude_none=True)
+                out = {"choices": d.get("choices") or []}
+                if d.get("usage"):
+                    out["usage"] = d["usage"]
+                yield out
+        except BackendError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _map_error(e) from e
+
+
+def _import() -> Any:
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+def _map_error(e: Exception) -> BackendError:
+    status = getattr(e, "status_code", None) or 502
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        status = 502
+    message = str(getattr(e, "message", None) or e) or "upstream error"
+    if "Timeout" in type(e).__name__:
+        return BackendError(504, "The upstream model did not answer in time.", type_="timeout_error", code="timeout")
+    return BackendError(status if status < 500 else 502, message, retryable=status in (429, 500, 502, 503))

@@ -1,0 +1,128 @@
+"""The queue protocol between the gateway and the workers — the one contract both sides import.
+
+Everything that crosses Redis is defined here: key names, the job payload, the output events, and the
+enqueue script. Nothing else in the code base spells a Redis key.
+
+Flow of one interactive request::
+
+    gateway                              Redis                              worker
+    ───────                              ─────                              ──────
+    ENQUEUE (Lua, 1 round trip) ───►  arq:job:<id>, ZADD queue, LPUSH wake
+                                                         ◄─── BLPOP wake (no poll delay), arq start_jobs
+    XREAD BLOCK gh:out:<id> from 0 ◄─── XADD gh:out:<id> (batched events) ◄─── backend output
+    on disconnect/timeout: ZREM queue + PUBLISH gh:cancel <id> ───────────────► task.cancel()
+
+Jobs are genuine arq jobs (``arq:job:<id>`` holds arq's job dict, serialised with orjson), so arq's worker,
+retry and health machinery apply; only the wake-up and the result path differ (see docs/adr/0002).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+# ── key names (arq's own prefixes come from arq.constants) ────────────────────────────────────────────
+INTERACTIVE_QUEUE = "gatehouse:queue:interactive"
+WAKE_KEY_SUFFIX = ":wake"  # list the gateway LPUSHes a token onto for every job; workers BLPOP it
+OUTPUT_STREAM_PREFIX = "gatehouse:out:"  # one Redis Stream of output events per request
+CANCEL_CHANNEL = "gatehouse:cancel"  # pub/sub: request ids whose client went away or timed out
+WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (unix seconds)
+ARQ_JOB_PREFIX = "arq:job:"
+
+JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
+OUTPUT_TTL_S = 120  # an output stream outlives its request by this much, for late readers
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_FRESH_S = 10.0
+
+JobKind = Literal["chat", "completion", "generate"]
+EventKind = Literal["chunk", "result", "error", "end"]
+
+
+def wake_key(queue: str) -> str:
+    return queue + WAKE_KEY_SUFFIX
+
+
+def output_key(request_id: str) -> str:
+    return OUTPUT_STREAM_PREFIX + request_id
+
+
+# ── job payload ───────────────────────────────────────────────────────────────────────────────────────
+@dataclass(slots=True)
+class JobSpec:
+    """What a worker needs to run one request. ``body`` is the validated OpenAI request body (extra fields
+    included) so OpenAI-compatible backends can forward it untouched."""
+
+    id: str
+    kind: JobKind
+    model: str
+    body: dict[str, Any]
+    stream: bool
+    deadline: float  # unix seconds; the worker stops at this instant
+    enqueued_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
+        return cls(**d)
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+
+def dumps(obj: Any) -> bytes:
+    """orjson with a fallback for objects arq may put in job results (exceptions)."""
+    return orjson.dumps(obj, default=str)
+
+
+def loads(data: bytes) -> Any:
+    return orjson.loads(data)
+
+
+def serialize_job(spec: JobSpec, enqueue_time_ms: int) -> bytes:
+    """arq's job dict (same keys as ``arq.jobs.serialize_job``) with orjson as serializer."""
+    return dumps({"t": 1, "f": JOB_FUNCTION, "a": [spec.to_dict()], "k": {}, "et": enqueue_time_ms})
+
+
+# ── output events ─────────────────────────────────────────────────────────────────────────────────────
+# Stream entries carry one field, b"e", holding orjson of {"k": kind, ...}:
+#   chunk  {"k":"chunk","d":{"choices":[...], "usage"?:{...}}}   OpenAI-shaped delta chunk (no id/model)
+#   result {"k":"result","d":{"choices":[...], "usage":{...}}}   a whole non-streamed answer
+#   error  {"k":"error","status":502,"type":"...","code":"...","message":"..."}
+#   end    {"k":"end"}                                           always last
+EVENT_FIELD = b"e"
+END_EVENT = dumps({"k": "end"})
+
+
+def chunk_event(data: dict[str, Any]) -> bytes:
+    return dumps({"k": "chunk", "d": data})
+
+
+def result_event(data: dict[str, Any]) -> bytes:
+    return dumps({"k": "result", "d": data})
+
+
+def error_event(status: int, message: str, type_: str, code: str | None = None) -> bytes:
+    return dumps({"k": "error", "status": status, "type": type_, "code": code, "message": message})
+
+
+# ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
+# KEYS: 1 queue zset, 2 job key, 3 wake list
+# ARGV: 1 job id, 2 payload, 3 score (ms), 4 ttl (ms), 5 max depth
+# Returns the queue depth after enqueue, or -1 when the queue is full (nothing written).
+# One round trip, atomic: depth check + job + queue entry + wake token. Job ids are unique request ids,
+# so arq's WATCH-based duplicate check is unnecessary; a duplicate id is refused (-2) rather than clobbered.
+ENQUEUE_LUA = """
+local depth = redis.call('ZCARD', KEYS[1])
+if depth >= tonumber(ARGV[5]) then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('PEXPIRE', KEYS[3], 60000)
+return depth + 1
+"""

@@ -1,0 +1,183 @@
+"""The arq worker: picks interactive jobs without a polling delay and runs them on their backend.
+
+arq's own loop sleeps ``poll_delay`` between queue reads. ``GatehouseWorker`` replaces only that sleep: it
+blocks on the queue's wake list (BLMPOP, which also drains up to the number of free slots in one round
+trip) and falls back to arq's poll on timeout, so a lost wake-up costs at most ``poll_delay``. Job start,
+bookkeeping, timeouts and shutdown are arq's. See docs/adr/0002-worker-wake-up.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker
+from redis.exceptions import ResponseError
+
+from gateway.config import Config
+from workers import queue as q
+from workers.backends import Backends, BackendError, WholeAnswer
+from workers.events import EventWriter
+
+log = logging.getLogger("gatehouse.worker")
+
+
+async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
+    """The one arq job function: run the request on its backend, writing events to its output stream."""
+    spec = q.JobSpec.from_dict(spec_dict)
+    writer = EventWriter(ctx["redis"], spec.id)
+    backends: Backends = ctx["backends"]
+    try:
+        remaining = spec.remaining()
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            backend = backends.get(spec.model)
+            if spec.kind == "generate":
+                writer.emit(q.result_event(await backend.generate(spec)))
+            elif spec.stream:
+                async for chunk in backend.stream(spec):
+                    writer.emit(q.result_event(chunk) if isinstance(chunk, WholeAnswer) else q.chunk_event(chunk))
+            else:
+                writer.emit(q.result_event(await backend.complete(spec)))
+    except BackendError as e:
+        writer.emit(q.dumps({"k": "error", "status": e.status, "type": e.type, "code": e.code,
+                             "message": e.message, "param": e.param}))
+    except TimeoutError:
+        writer.emit(q.error_event(504, "The request timed out before the model finished.", "timeout_error",
+                                  "timeout"))
+    except asyncio.CancelledError:
+        writer.emit(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
+        writer.emit(q.END_EVENT)
+        await writer.close()
+        raise
+    except Exception:  # noqa: BLE001 - a bug must not leave the client waiting
+        log.exception("request %s failed in the worker", spec.id)
+        writer.emit(q.error_event(500, "The worker had an internal error running this request.", "server_error",
+                                  "internal_error"))
+    writer.emit(q.END_EVENT)
+    await writer.close()
+
+
+class GatehouseWorker(Worker):
+    """arq's Worker with a wake-driven main loop, heartbeats, and cancellation by pub/sub."""
+
+    worker_id: str
+    _slot_freed: asyncio.Event
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(self.redis_settings, job_deserializer=self.job_deserializer,
+                                           job_serializer=self.job_serializer, default_queue_name=self.queue_name,
+                                           expires_extra_ms=self.expires_extra_ms)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        self._slot_freed = asyncio.Event()
+        side_tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._listen_cancels())]
+        log.info("worker %s ready on %s (max %d concurrent jobs)", self.worker_id, self.queue_name, self.max_jobs)
+        try:
+            wake = q.wake_key(self.queue_name)
+            use_lmpop = True
+            while True:
+                await self._poll_iteration()
+                free = self.max_jobs - self.job_counter
+                if free <= 0 or not self.allow_pick_jobs:
+                    self._slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), self.poll_delay_s)
+                    continue
+                try:
+                    if use_lmpop:
+                        await self.pool.execute_command("BLMPOP", self.poll_delay_s, 1, wake, "LEFT", "COUNT", free)
+                    else:
+                        await self.pool.blpop([wake], timeout=self.poll_delay_s)
+                except ResponseError:  # Redis < 7 has no BLMPOP
+                    use_lmpop = False
+        finally:
+            for t in side_tasks:
+                t.cancel()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    pipe.zadd(q.WORKERS_KEY, {self.worker_id: now})
+                    pipe.zremrangebyscore(q.WORKERS_KEY, "-inf", now - 60)
+                    await pipe.execute()
+            except Exception as e:  # noqa: BLE001 - keep beating through Redis blips
+                log.warning("heartbeat failed: %s", type(e).__name__)
+            await asyncio.sleep(q.HEARTBEAT_INTERVAL_S)
+
+    async def _listen_cancels(self) -> None:
+        while True:
+            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(q.CANCEL_CHANNEL)
+                async for msg in pubsub.listen():
+                    rid = msg["data"].decode() if isinstance(msg["data"], bytes) else str(msg["data"])
+                    task = self.job_tasks.get(rid)
+                    if task is not None and not task.done():
+                        log.info("cancelling %s: client gone or timed out", rid)
+                        self.aborting_tasks.add(rid)
+                        task.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                log.warning("cancel listener reconnecting after %s", type(e).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                await pubsub.aclose()
+
+    async def forget(self) -> None:
+        await self.pool.zrem(q.WORKERS_KEY, self.worker_id)
+
+
+def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
+    s = config.settings
+    if not s.redis_url:
+        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
+    backends = Backends(config)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["backends"] = backends.build()
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await worker.forget()
+        await backends.aclose()
+
+    settings = RedisSettings.from_dsn(s.redis_url)
+    settings.max_connections = s.worker_concurrency + 16
+    worker = GatehouseWorker(
+        functions=[run_request],
+        queue_name=q.INTERACTIVE_QUEUE,
+        redis_settings=settings,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        burst=burst,
+        max_jobs=s.worker_concurrency,
+        job_timeout=s.request_timeout_s + 5,
+        keep_result=0,
+        max_tries=1,
+        retry_jobs=False,
+        poll_delay=0.5,
+        job_completion_wait=30,
+        health_check_interval=10,
+        job_serializer=q.dumps,
+        job_deserializer=q.loads,
+        log_results=False,
+    )
+    worker.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return worker
