@@ -40,11 +40,11 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.code)
-        return render(exc, request_id(request.scope))
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return render(InvalidRequest("Invalid request parameters."), request_id(request.scope))
+        return render(InvalidRequest("Invalid request parameters."))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -54,10 +54,11 @@ def create_app(config: Config, master_key: str) -> FastAPI:
             err = NotFound(f"Unknown route: {request.method} {request.url.path}.")
         else:
             err = GatewayError(str(exc.detail), status=exc.status_code, type_="invalid_request_error")
-        return render(err, request_id(request.scope))
+        return render(err)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        # runs outside RequestContextMiddleware (in Starlette's ServerErrorMiddleware): add the id here
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return render(GatewayError("The gateway had an internal error handling this request."),
                       request_id(request.scope))

@@ -136,6 +136,7 @@ def from_validation_error(err: ValidationError) -> InvalidRequest:
 
 
 def render(err: GatewayError, request_id: str | None = None) -> Response:
+    """The error as an HTTP response. Pass ``request_id`` only outside RequestContextMiddleware."""
     headers = dict(err.headers)
     if request_id:
         headers["x-request-id"] = request_id

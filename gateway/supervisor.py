@@ -91,6 +91,8 @@ class Supervisor:
             base = f"http://{s.host}:{s.port}"
             with self.console.status("waiting for the gateway and a worker to be ready…"):
                 ready = self._wait_ready(base, timeout=120)
+            if self.stopping:  # Ctrl-C during start-up
+                return 0
             if not ready:
                 self.console.print("[red]the gateway did not become ready within 120 s; see the logs above[/red]")
                 return 1

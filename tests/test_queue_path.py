@@ -1,0 +1,112 @@
+"""The queue path itself: request ids, late readers, back-pressure, cancellation, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+from redis.asyncio import Redis
+
+from gateway.enqueue import JobQueue
+from gateway.errors import QueueFull
+from gateway.relay import read_events
+from workers import queue as q
+from workers.events import EventWriter
+
+
+def _auth(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"authorization": f"Bearer {stack.master_key}"}
+
+
+def test_request_id_is_echoed_or_generated(stack) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "fake", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx.post(stack.base_url + "/v1/chat/completions", json=body,
+                   headers={**_auth(stack), "x-request-id": "trace-abc-12345"})
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == "trace-abc-12345"
+    assert r.json()["id"] == "chatcmpl-trace-abc-12345"
+    r = httpx.get(stack.base_url + "/nope")
+    assert r.status_code == 404 and len(r.headers["x-request-id"]) == 32
+    r = httpx.get(stack.base_url + "/v1/models", headers={"x-request-id": "bad id with spaces"})
+    assert r.status_code == 401 and r.headers["x-request-id"] != "bad id with spaces"
+
+
+async def test_late_reader_gets_every_event(stack) -> None:  # type: ignore[no-untyped-def]
+    redis = Redis.from_url(stack.redis_url)
+    writer = EventWriter(redis, "late-reader-test")
+    writer.emit(q.chunk_event({"choices": [{"index": 0, "delta": {"content": "a"}}]}))
+    writer.emit(q.chunk_event({"choices": [{"index": 0, "delta": {"content": "b"}}]}))
+    writer.emit(q.END_EVENT)
+    await writer.close()
+    await asyncio.sleep(0.05)  # the worker is long done when the reader arrives
+    events = [e async for e in read_events(redis, "late-reader-test", time.time() + 2)]
+    assert [e["d"]["choices"][0]["delta"]["content"] for e in events] == ["a", "b"]
+    assert await redis.ttl(q.output_key("late-reader-test")) > 0
+    await redis.aclose()
+
+
+async def test_queue_full_refuses_instead_of_growing(stack) -> None:  # type: ignore[no-untyped-def]
+    redis = Redis.from_url(stack.redis_url)
+    jq = JobQueue(redis, name="gatehouse:queue:test-full", max_depth=3)
+    await redis.delete(jq.name)
+    for i in range(3):
+        await jq.submit(q.JobSpec(id=f"full-{i}-{time.time()}", kind="chat", model="fake", body={}, stream=False,
+                                  deadline=time.time() + 5))
+    with pytest.raises(QueueFull) as e:
+        await jq.submit(q.JobSpec(id="full-x", kind="chat", model="fake", body={}, stream=False,
+                                  deadline=time.time() + 5))
+    assert e.value.status == 503 and e.value.headers["retry-after"] == "1"
+    assert await jq.depth() == 3
+    await redis.delete(jq.name)
+    await redis.aclose()
+
+
+def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
+    """Fill the real interactive queue behind the worker's back: the gateway answers 503 + retry-after."""
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(stack.redis_url)
+    fake_ids = {f"blocker-{i}": time.time() * 1000 + 3_600_000 for i in range(2_000)}  # scheduled far ahead
+    r.zadd(q.INTERACTIVE_QUEUE, fake_ids)
+    try:
+        resp = httpx.post(stack.base_url + "/v1/chat/completions", headers=_auth(stack),
+                          json={"model": "fake", "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status_code == 503
+        assert resp.headers["retry-after"] == "1"
+        assert resp.json()["error"]["code"] == "queue_full"
+        with pytest.raises(openai.InternalServerError):
+            stack.client().chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
+    finally:
+        r.zrem(q.INTERACTIVE_QUEUE, *fake_ids)
+
+
+def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.time()
+    r = httpx.post(stack.base_url + "/v1/chat/completions",
+                   headers={**_auth(stack), "x-stainless-timeout": "0.6", "x-request-id": "timeout-test-1"},
+                   json={"model": "slow", "delay": 2.0, "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "timeout"
+    assert time.time() - t0 < 3
+
+
+async def test_client_disconnect_cancels_the_job(stack) -> None:  # type: ignore[no-untyped-def]
+    rid = f"disconnect-{time.time_ns()}"
+    async with httpx.AsyncClient(timeout=10) as c:
+        async with c.stream("POST", stack.base_url + "/v1/chat/completions",
+                            headers={**_auth(stack), "x-request-id": rid},
+                            json={"model": "slow", "delay": 0.3, "stream": True,
+                                  "messages": [{"role": "user", "content": "x"}]}) as r:
+            async for _ in r.aiter_bytes():
+                break  # first bytes arrive, then the client goes away
+    redis = Redis.from_url(stack.redis_url)
+    # the worker notices the cancellation and ends the output stream with a "cancelled" error well before
+    # the 8 slow chunks (8 × 0.3 s) would have finished
+    events = [e async for e in read_events(redis, rid, time.time() + 2)]
+    await redis.aclose()
+    assert events[-1]["k"] == "error" and events[-1]["code"] == "cancelled"
+    chunks = [e for e in events if e["k"] == "chunk"]
+    assert len(chunks) < 8
