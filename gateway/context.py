@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import uuid
 
 import orjson
@@ -16,7 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import PayloadTooLarge
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 REQUEST_ID_KEY = "gatehouse.request_id"
 
 
@@ -37,8 +35,11 @@ class RequestIdFilter(logging.Filter):
 
 
 class RequestContextMiddleware:
-    """Assigns the request id (a caller's well-formed ``x-request-id`` is kept), echoes it on every response,
-    and refuses bodies whose declared length exceeds the limit before reading them."""
+    """Assigns the request id, echoes it on every response, and refuses bodies whose declared length exceeds
+    the limit before reading them.
+
+    The id is always generated here, never taken from the caller: it names the job and its output stream,
+    and a caller-chosen id could name someone else's."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int):
         self.app = app
@@ -48,14 +49,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
         too_large = False
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _VALID_ID.match(value):
-                rid = value.decode()
-            elif name == b"content-length":
+            if name == b"content-length":
                 too_large = not value.isdigit() or int(value) > self.max_body_bytes
-        rid = rid or new_request_id()
+        rid = new_request_id()
         scope[REQUEST_ID_KEY] = rid
         request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode())

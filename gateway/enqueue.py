@@ -1,13 +1,22 @@
-"""Enqueue side of the queue protocol: one Lua call per request, and cancellation."""
+"""Enqueue side of the queue protocol: one pipelined round trip per request, and cancellation.
+
+``submit`` sends the enqueue script and the first ``XREAD BLOCK`` on the request's output stream in one
+pipeline: for a short answer the whole request costs the gateway a single Redis round trip. The first read
+blocks at most ``FIRST_READ_MS``; longer requests continue with ordinary blocking reads (gateway/relay.py).
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest, QueueFull
 from workers import queue as q
+
+FIRST_READ_MS = 1_000
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class JobQueue:
@@ -18,22 +27,26 @@ class JobQueue:
         self.name = name
         self.max_depth = max_depth
         self._wake = q.wake_key(name)
-        self._enqueue = redis.register_script(q.ENQUEUE_LUA)
 
-    async def submit(self, spec: q.JobSpec) -> int:
-        """Enqueue ``spec``; returns the queue depth. Raises QueueFull instead of growing without bound."""
+    async def submit(self, spec: q.JobSpec) -> Entries:
+        """Enqueue ``spec`` and return the first output entries (possibly none yet).
+
+        Raises QueueFull (503 + retry-after) instead of letting the queue grow without bound."""
         now_ms = int(time.time() * 1000)
-        ttl_ms = max(1, int(spec.remaining() * 1000))
-        depth = await self._enqueue(
-            keys=[self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake],
-            args=[spec.id, q.serialize_job(spec, now_ms), now_ms, ttl_ms, self.max_depth],
-        )
+        remaining_ms = max(1, int(spec.remaining() * 1000))
+        out_key = q.output_key(spec.id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # EVAL, not EVALSHA: no NOSCRIPT failure mode after a Redis restart, and Redis caches the script
+            pipe.eval(q.ENQUEUE_LUA, 4, self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key,
+                      spec.id, q.serialize_job(spec, now_ms), now_ms, remaining_ms, self.max_depth,
+                      q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S)
+            pipe.xread({out_key: b"0-0"}, count=1024, block=min(FIRST_READ_MS, remaining_ms))
+            depth, first = await pipe.execute()
         if depth == -1:
             raise QueueFull(retry_after=1)
         if depth == -2:
-            raise InvalidRequest("A request with this x-request-id is already in flight.", param="x-request-id",
-                                 code="duplicate_request_id")
-        return int(depth)
+            raise InvalidRequest("A request with this id is already in flight.", code="duplicate_request_id")
+        return entries_of(first)
 
     async def cancel(self, request_id: str) -> None:
         """Drop a job that has not started and tell the worker running it (if any) to stop."""
@@ -44,3 +57,11 @@ class JobQueue:
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.name))
+
+
+def entries_of(xread_reply: Any) -> Entries:
+    if not xread_reply:
+        return []
+    if isinstance(xread_reply, dict):  # RESP3 shape
+        return next(iter(xread_reply.values()))[0]  # type: ignore[no-any-return]
+    return xread_reply[0][1]  # type: ignore[no-any-return]

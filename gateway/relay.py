@@ -13,29 +13,32 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway import protocol as p
+from gateway.enqueue import Entries, entries_of
 from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
 from workers import queue as q
 
 DONE = b"data: [DONE]\n\n"
 
 
-async def read_events(redis: Redis, request_id: str, deadline: float) -> AsyncIterator[dict[str, Any]]:
-    """Yield the worker's events for ``request_id`` until ``end``; GatewayTimeout at ``deadline``."""
+async def read_events(redis: Redis, request_id: str, deadline: float,
+                      first: Entries | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Yield the worker's events for ``request_id`` until ``end``; GatewayTimeout at ``deadline``.
+
+    ``first`` holds entries already read (by the read pipelined with the enqueue)."""
     key = q.output_key(request_id)
-    last: bytes | str = b"0-0"
+    last: bytes = b"0-0"
+    entries = first or []
     while True:
-        block_ms = int((deadline - time.time()) * 1000)
-        if block_ms <= 0:
-            raise GatewayTimeout("The request timed out before the model finished.")
-        resp = await redis.xread({key: last}, count=1024, block=block_ms)
-        if not resp:
-            continue  # the deadline check above raises
-        for entry_id, fields in resp[0][1]:
+        for entry_id, fields in entries:
             last = entry_id
             ev = q.loads(fields[q.EVENT_FIELD])
             if ev["k"] == "end":
                 return
             yield ev
+        block_ms = int((deadline - time.time()) * 1000)
+        if block_ms <= 0:
+            raise GatewayTimeout("The request timed out before the model finished.")
+        entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

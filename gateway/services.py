@@ -39,8 +39,7 @@ def services(request: Request) -> Services:
 
 def redis_client(url: str, max_connections: int = 4096) -> Redis:
     """One pool for enqueues and the blocking stream reads (each in-flight read holds a connection)."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
-                                           health_check_interval=30)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
     return Redis(connection_pool=pool)
 
 

@@ -98,9 +98,9 @@ class Generation:
         rid = request_id(request.scope)
         spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
                        deadline=deadline_for(request, self.settings.request_timeout_s))
-        await self.svc.queue.submit(spec)
+        first = await self.svc.queue.submit(spec)
         shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
-        events = read_events(self.svc.redis, rid, spec.deadline)
+        events = read_events(self.svc.redis, rid, spec.deadline, first)
         if stream:
             return StreamingResponse(self._guarded_stream(rid, sse_stream(events, shape, include_usage)),
                                      media_type="text/event-stream", headers=SSE_HEADERS)

@@ -19,7 +19,7 @@ retry and health machinery apply; only the wake-up and the result path differ (s
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -64,7 +64,9 @@ class JobSpec:
     enqueued_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
+        return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
+                "deadline": self.deadline, "enqueued_at": self.enqueued_at}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
@@ -111,18 +113,48 @@ def error_event(status: int, message: str, type_: str, code: str | None = None) 
 
 
 # ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
-# KEYS: 1 queue zset, 2 job key, 3 wake list
-# ARGV: 1 job id, 2 payload, 3 score (ms), 4 ttl (ms), 5 max depth
-# Returns the queue depth after enqueue, or -1 when the queue is full (nothing written).
-# One round trip, atomic: depth check + job + queue entry + wake token. Job ids are unique request ids,
-# so arq's WATCH-based duplicate check is unnecessary; a duplicate id is refused (-2) rather than clobbered.
+# KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream
+# ARGV: 1 job id, 2 payload, 3 score (ms), 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s)
+# Returns the queue depth after enqueue, -1 when the queue is full, -2 for a duplicate id (nothing queued).
+# One round trip, atomic: depth check + job + queue entry + wake token. Job ids are unique request ids, so
+# arq's WATCH-based duplicate check is unnecessary. On refusal the script also writes the refusal to the
+# request's output stream, so a read pipelined behind it (gateway/enqueue.py) returns at once.
 ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local depth = redis.call('ZCARD', KEYS[1])
-if depth >= tonumber(ARGV[5]) then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+if depth >= tonumber(ARGV[5]) then
+  redis.call('XADD', KEYS[4], '*', 'e', ARGV[6])
+  redis.call('XADD', KEYS[4], '*', 'e', '{"k":"end"}')
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+  return -1
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('PEXPIRE', KEYS[3], 60000)
 return depth + 1
+"""
+QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.", "server_error", "queue_full")
+
+# ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
+# KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4.. job ids
+# For each id that is due and not already running elsewhere, take arq's in-progress lock. Returns a flat
+# list [id, score, id, score, ...] of the jobs this worker now owns. Same checks as arq's start_jobs
+# (WATCH + EXISTS + ZSCORE + MULTI/PSETEX per job), in one round trip for the whole batch.
+CLAIM_LUA = """
+local out = {}
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local lock = ARGV[3] .. id
+  if redis.call('EXISTS', lock) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('SET', lock, '1', 'PX', ARGV[2])
+      out[#out + 1] = id
+      out[#out + 1] = score
+    end
+  end
+end
+return out
 """

@@ -18,6 +18,8 @@ import uuid
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ResponseError
 
@@ -71,6 +73,7 @@ class GatehouseWorker(Worker):
 
     worker_id: str
     _slot_freed: asyncio.Event
+    _claim: Any
 
     async def main(self) -> None:
         if self._pool is None:
@@ -78,6 +81,7 @@ class GatehouseWorker(Worker):
                                            job_serializer=self.job_serializer, default_queue_name=self.queue_name,
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
+        self._claim = self.pool.register_script(q.CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._slot_freed = asyncio.Event()
@@ -104,6 +108,22 @@ class GatehouseWorker(Worker):
         finally:
             for t in side_tasks:
                 t.cancel()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, with the per-job lock taken for the whole batch in one Lua call."""
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        claimed = await self._claim(keys=[self.queue_name],
+                                    args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000),
+                                          in_progress_key_prefix, *job_ids[:free]])
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode()
+            await self.sem.acquire()  # never blocks: at most `free` jobs were claimed
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -35,7 +35,7 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 def new_session(limit: int = 1024) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                                 auto_decompress=True, trust_env=True)
+                                 auto_decompress=True)
 
 
 class OpenAICompatibleBackend(Backend):
