@@ -125,7 +125,7 @@ class Supervisor:
                            f"  try: curl {base}/v1/chat/completions -H 'Authorization: Bearer {master_key}' "
                            f"-H 'Content-Type: application/json' -d '{{\"model\":\"chargpt\",\"messages\":"
                            f"[{{\"role\":\"user\",\"content\":\"def \"}}],\"max_tokens\":60,\"seed\":1}}'\n"
-                           f"  Ctrl-C stops everything.\n", highlight=False)
+                           f"  Ctrl-C stops everything.\n", highlight=False, soft_wrap=True)
 
     def _watch(self) -> int:
         while not self.stopping:

@@ -36,11 +36,27 @@ def _up(tmp_path: Path, port: int) -> subprocess.Popen[str]:
                             text=True)
 
 
+def _read_until_banner(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """What `up` printed up to and including its banner (the point where a user starts using it)."""
+    lines: list[str] = []
+    deadline = time.time() + timeout
+    assert proc.stdout is not None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("gatehouse up exited before it was ready:\n" + "".join(lines))
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            return "".join(lines)
+    raise AssertionError("no banner within the timeout:\n" + "".join(lines))
+
+
 def test_up_serves_chargpt_stops_cleanly_and_reuses_data(tmp_path: Path) -> None:
     port = free_port()
     proc = _up(tmp_path, port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=120, procs=[proc])  # type: ignore[list-item]
+        banner = _read_until_banner(proc)
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=10)
         key_file = tmp_path / ".gatehouse" / "master_key"
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         key = key_file.read_text().strip()
@@ -52,14 +68,14 @@ def test_up_serves_chargpt_stops_cleanly_and_reuses_data(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert f"http://127.0.0.1:{port}/v1" in out and key in out  # the banner shows URL and master key
+    assert f"http://127.0.0.1:{port}/v1" in banner and key in banner  # the banner shows URL and master key
     assert "stopped." in out
     time.sleep(0.5)
     assert subprocess.run(["pgrep", "-f", f"valkey.*{tmp_path}"], capture_output=True).returncode == 1
 
     proc = _up(tmp_path, port)  # a second `up` reuses the data dir and the key
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=120, procs=[proc])  # type: ignore[list-item]
+        _read_until_banner(proc)
         assert (tmp_path / ".gatehouse" / "master_key").read_text().strip() == key
     finally:
         proc.send_signal(signal.SIGINT)

@@ -40,8 +40,7 @@ async def test_late_reader_gets_every_event(stack) -> None:  # type: ignore[no-u
     writer = EventWriter(redis, "late-reader-test")
     writer.emit(q.chunk_event({"choices": [{"index": 0, "delta": {"content": "a"}}]}))
     writer.emit(q.chunk_event({"choices": [{"index": 0, "delta": {"content": "b"}}]}))
-    writer.emit(q.END_EVENT)
-    await writer.close()
+    await writer.write(await writer.settle() + [q.END_EVENT])
     await asyncio.sleep(0.05)  # the worker is long done when the reader arrives
     events = [e async for e in read_events(redis, "late-reader-test", time.time() + 2)]
     assert [e["d"]["choices"][0]["delta"]["content"] for e in events] == ["a", "b"]

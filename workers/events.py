@@ -1,7 +1,8 @@
 """Writes a request's output events to its Redis Stream, coalescing bursts into one pipelined round trip.
 
 ``emit`` never waits: events are buffered and a single flusher task writes whatever has accumulated while
-the previous write was in flight. ``close`` drains the buffer; the stream then expires after OUTPUT_TTL_S.
+the previous write was in flight. ``settle`` waits for that task and returns what is left, so the last events
+can ride in the worker's end-of-job transaction. The stream expires OUTPUT_TTL_S after its last write.
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ class EventWriter:
     async def _flush(self) -> None:
         while self._buf:
             batch, self._buf = self._buf, []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for ev in batch:
-                    pipe.xadd(self.key, {q.EVENT_FIELD: ev})
-                pipe.expire(self.key, self.ttl_s)
-                await pipe.execute()
+            await self.write(batch)
 
-    async def close(self) -> None:
-        """Write everything still buffered (also when the surrounding task is being cancelled)."""
+    async def write(self, events: list[bytes]) -> None:
+        """Append ``events`` now, in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ev in events:
+                pipe.xadd(self.key, {q.EVENT_FIELD: ev})
+            pipe.expire(self.key, self.ttl_s)
+            await pipe.execute()
+
+    async def settle(self) -> list[bytes]:
+        """Wait for the write in flight (if any); return and forget what is still buffered."""
         if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._buf:
-            await asyncio.shield(self._flush())
+            await self._flusher
+        rest, self._buf = self._buf, []
+        return rest

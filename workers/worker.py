@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
-from arq.constants import in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ResponseError
@@ -29,13 +29,18 @@ from workers.backends import Backends, BackendError, WholeAnswer
 from workers.events import EventWriter
 
 log = logging.getLogger("gatehouse.worker")
+FINAL_EVENTS = "final_events"
 
 
 async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
-    """The one arq job function: run the request on its backend, writing events to its output stream."""
+    """The one arq job function: run the request on its backend, writing events to its output stream.
+
+    Streamed chunks are written as they come; the last events (a whole answer, an error, ``end``) are handed
+    to the worker, which writes them in the same transaction as arq's end-of-job bookkeeping."""
     spec = q.JobSpec.from_dict(spec_dict)
     writer = EventWriter(ctx["redis"], spec.id)
     backends: Backends = ctx["backends"]
+    final: list[bytes] = []
     try:
         remaining = spec.remaining()
         if remaining <= 0:
@@ -43,29 +48,35 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
         async with asyncio.timeout(remaining):
             backend = backends.get(spec.model)
             if spec.kind == "generate":
-                writer.emit(q.result_event(await backend.generate(spec)))
+                final.append(q.result_event(await backend.generate(spec)))
             elif spec.stream:
                 async for chunk in backend.stream(spec):
                     writer.emit(q.result_event(chunk) if isinstance(chunk, WholeAnswer) else q.chunk_event(chunk))
             else:
-                writer.emit(q.result_event(await backend.complete(spec)))
+                final.append(q.result_event(await backend.complete(spec)))
     except BackendError as e:
-        writer.emit(q.dumps({"k": "error", "status": e.status, "type": e.type, "code": e.code,
-                             "message": e.message, "param": e.param}))
+        final.append(q.dumps({"k": "error", "status": e.status, "type": e.type, "code": e.code,
+                              "message": e.message, "param": e.param}))
     except TimeoutError:
-        writer.emit(q.error_event(504, "The request timed out before the model finished.", "timeout_error",
-                                  "timeout"))
+        final.append(q.error_event(504, "The request timed out before the model finished.", "timeout_error",
+                                   "timeout"))
     except asyncio.CancelledError:
-        writer.emit(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
-        writer.emit(q.END_EVENT)
-        await writer.close()
+        final.append(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
+        await _hand_over(ctx, spec.id, writer, final)
         raise
     except Exception:  # noqa: BLE001 - a bug must not leave the client waiting
         log.exception("request %s failed in the worker", spec.id)
-        writer.emit(q.error_event(500, "The worker had an internal error running this request.", "server_error",
-                                  "internal_error"))
-    writer.emit(q.END_EVENT)
-    await writer.close()
+        final.append(q.error_event(500, "The worker had an internal error running this request.", "server_error",
+                                   "internal_error"))
+    await _hand_over(ctx, spec.id, writer, final)
+
+
+async def _hand_over(ctx: dict[str, Any], job_id: str, writer: EventWriter, final: list[bytes]) -> None:
+    events = await asyncio.shield(writer.settle()) + final + [q.END_EVENT]
+    if FINAL_EVENTS in ctx:
+        ctx[FINAL_EVENTS][job_id] = events  # written by GatehouseWorker.finish_job
+    else:
+        await asyncio.shield(writer.write(events))
 
 
 class GatehouseWorker(Worker):
@@ -81,6 +92,7 @@ class GatehouseWorker(Worker):
                                            job_serializer=self.job_serializer, default_queue_name=self.queue_name,
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
+        self.ctx[FINAL_EVENTS] = {}
         self._claim = self.pool.register_script(q.CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -124,6 +136,27 @@ class GatehouseWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
+                         result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
+                         keep_in_progress: float | None) -> None:
+        """arq's end-of-job bookkeeping, with the request's last output events in the same transaction."""
+        events = self.ctx[FINAL_EVENTS].pop(job_id, None)
+        if events is None or not finish or result_data is not None or keep_in_progress is not None:
+            if events:
+                await EventWriter(self.pool, job_id).write(events)
+            await super().finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever,
+                                     incr_score, keep_in_progress)
+            return
+        out = q.output_key(job_id)
+        async with self.pool.pipeline(transaction=True) as tr:
+            for ev in events:
+                tr.xadd(out, {q.EVENT_FIELD: ev})
+            tr.expire(out, q.OUTPUT_TTL_S)
+            tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
+            tr.zrem(abort_jobs_ss, job_id)
+            tr.zrem(self.queue_name, job_id)
+            await tr.execute()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
