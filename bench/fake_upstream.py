@@ -38,6 +38,7 @@ class FakeUpstream:
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/messages", self.anthropic_messages)
         self.app.router.add_get("/_last", self.last_body)
         self.app.router.add_get("/_stats", self.stats)
 
@@ -112,6 +113,45 @@ class FakeUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], usage=usage)
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API (what LiteLLM translates OpenAI requests into for ``anthropic/`` models)."""
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.requests += 1
+        self.last, self.last_headers = body, {k.lower(): v for k, v in request.headers.items()}
+        if request.headers.get("x-api-key") != "sk-ant-test":
+            return web.Response(status=401, content_type="application/json", body=orjson.dumps(
+                {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}))
+        content = body["messages"][-1]["content"]
+        text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        answer = f"Claude heard: {text}"
+        usage = {"input_tokens": 11, "output_tokens": len(answer.split())}
+        if not body.get("stream"):
+            return web.Response(content_type="application/json", body=orjson.dumps({
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": usage}))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {name}\ndata: ".encode() + orjson.dumps({"type": name, **data}) + b"\n\n")
+
+        await event("message_start", {"message": {"id": "msg_fake", "type": "message", "role": "assistant",
+                                                   "model": body["model"], "content": [], "stop_reason": None,
+                                                   "stop_sequence": None,
+                                                   "usage": {"input_tokens": 11, "output_tokens": 0}}})
+        await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for i, word in enumerate(answer.split(" ")):
+            piece = word if i == 0 else " " + word
+            await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+        await event("content_block_stop", {"index": 0})
+        await event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "usage": {"output_tokens": usage["output_tokens"]}})
+        await event("message_stop", {})
         await resp.write_eof()
         return resp
 

@@ -90,6 +90,9 @@ def model_list(upstream_base: str) -> list[dict]:
         {"model_name": "chargpt", "litellm_params": {"model": "local/chargpt"}},
         entry("fake"), entry("echo"), entry("slow"), entry("status-400"), entry("status-503", max_retries=1),
         entry("flaky-503"), entry("status-429", max_retries=0),
+        {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",
+                                                    "api_base": upstream_base.removesuffix("/v1"),
+                                                    "api_key": "sk-ant-test", "max_tokens": 256}},
         {"model_name": "vllm-echo", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
                                                        "extra_headers": {"Modal-Key": "mk", "Modal-Secret": "ms"}}},
     ]

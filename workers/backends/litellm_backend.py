@@ -6,6 +6,7 @@ OpenAI-compatible or local models never pays that.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,8 +45,18 @@ class LiteLLMBackend(Backend):
             resp = await fn(**self._kwargs(job, stream=False))
         except Exception as e:  # noqa: BLE001 - LiteLLM raises many types; map them all at this boundary
             raise _map_error(e) from e
-        out = resp.model_dump(exclude_none=False)
-        return {k: out[k] for k in ("choices", "usage", "system_fingerprint") if out.get(k) is not None}
+        out = resp.model_dump(exclude_none=True)
+        choices = []
+        for c in out.get("choices") or ():
+            choice = {"index": c.get("index", 0), "logprobs": None, "finish_reason": c.get("finish_reason")}
+            if job.kind == "chat":
+                msg = c.get("message") or {}
+                choice["message"] = {k: v for k, v in msg.items() if k in ("role", "content", "tool_calls",
+                                                                          "function_call", "refusal")}
+            else:
+                choice["text"] = c.get("text", "")
+            choices.append(choice)
+        return {"choices": choices, "usage": _usage(out.get("usage") or {})}
 
     async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
         litellm = _import()
@@ -54,17 +65,41 @@ class LiteLLMBackend(Backend):
             resp = await fn(**self._kwargs(job, stream=True))
             async for chunk in resp:
                 d = chunk.model_dump(exclude_none=True)
-                out = {"choices": d.get("choices") or []}
+                choices = [_chunk_choice(c, job.kind) for c in d.get("choices") or ()]
+                choices = [c for c in choices if c is not None]
+                if choices:
+                    yield {"choices": choices}
                 if d.get("usage"):
-                    out["usage"] = d["usage"]
-                yield out
+                    yield {"choices": [], "usage": _usage(d["usage"])}
         except BackendError:
             raise
         except Exception as e:  # noqa: BLE001
             raise _map_error(e) from e
 
 
+def _chunk_choice(c: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """An OpenAI-shaped chunk choice, or None for LiteLLM's empty filler deltas."""
+    finish = c.get("finish_reason")
+    if kind == "chat":
+        delta = {k: v for k, v in (c.get("delta") or {}).items() if k in ("role", "content", "tool_calls",
+                                                                          "function_call", "refusal")}
+        if not delta and finish is None:
+            return None
+        return {"index": c.get("index", 0), "delta": delta, "logprobs": None, "finish_reason": finish}
+    text = c.get("text", "")
+    if not text and finish is None:
+        return None
+    return {"index": c.get("index", 0), "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _usage(u: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def _import() -> Any:
+    # the bundled price map; otherwise LiteLLM fetches one from the internet at import
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     litellm.suppress_debug_info = True
