@@ -63,5 +63,6 @@ def create_app(config: Config, master_key: str) -> FastAPI:
         return render(GatewayError("The gateway had an internal error handling this request."),
                       request_id(request.scope))
 
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.settings.max_body_bytes,
+                       log_access=config.settings.access_log)
     return app

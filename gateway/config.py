@@ -95,6 +95,7 @@ class GatehouseSettings(BaseSettings):
     max_tokens_limit: int = Field(default=131_072, ge=1)
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = Field(default="text", pattern=r"^(text|json)$")
+    access_log: bool = True
 
     @classmethod
     def settings_customise_sources(

@@ -5,16 +5,18 @@ Pure ASGI rather than Starlette's BaseHTTPMiddleware: it adds no task and no bod
 
 from __future__ import annotations
 
-import contextvars
 import logging
+import time
 import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PayloadTooLarge
+from observability.logs import request_id_var
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("gatehouse.access")
+
 REQUEST_ID_KEY = "gatehouse.request_id"
 
 
@@ -26,14 +28,6 @@ def request_id(scope: Scope) -> str:
     return scope.get(REQUEST_ID_KEY) or "-"
 
 
-class RequestIdFilter(logging.Filter):
-    """Puts the current request id on every log record as ``request_id``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
-
-
 class RequestContextMiddleware:
     """Assigns the request id, echoes it on every response, and refuses bodies whose declared length exceeds
     the limit before reading them.
@@ -41,9 +35,10 @@ class RequestContextMiddleware:
     The id is always generated here, never taken from the caller: it names the job and its output stream,
     and a caller-chosen id could name someone else's."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, log_access: bool = True):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.log_access = log_access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,9 +63,19 @@ class RequestContextMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
 
+        started = time.perf_counter()
+        status = 0
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_access:
+                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status or 499,
+                                (time.perf_counter() - started) * 1000)

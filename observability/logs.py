@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 
 import orjson
 
-from gateway.context import RequestIdFilter
+# set by the gateway's middleware for each request and by the worker for each job
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every log record as ``request_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):

@@ -106,6 +106,7 @@ class Stack:
     database_url: str
     config_path: Path
     upstream: UpstreamThread
+    logs: Path
     procs: list[subprocess.Popen[bytes]]
 
     def client(self, **kw: object) -> openai.OpenAI:
@@ -115,11 +116,17 @@ class Stack:
         return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=self.master_key, max_retries=0, **kw)
 
 
-def start_processes(config_path: Path, env: dict[str, str], workers: int = 1) -> list[subprocess.Popen[bytes]]:
+def start_processes(config_path: Path, env: dict[str, str], logs: Path, workers: int = 1) -> list[subprocess.Popen[bytes]]:
+    """Gateway + workers; their output goes to ``logs/<name>.log`` (tests read it)."""
     exe = [sys.executable, "-m", "gateway.cli"]
-    procs = [subprocess.Popen([*exe, "serve", "-c", str(config_path)], env=env, cwd=ROOT)]
-    procs += [subprocess.Popen([*exe, "worker", "-c", str(config_path)], env=env, cwd=ROOT) for _ in range(workers)]
-    return procs
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def spawn(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        out = (logs / f"{name}.log").open("ab")
+        return subprocess.Popen([*exe, *argv, "-c", str(config_path)], env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    return [spawn("gateway", "serve"), *(spawn(f"worker{i}", "worker") for i in range(workers))]
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -145,13 +152,15 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
            "GATEHOUSE_LOG_LEVEL": "info"}
     env.pop("GATEHOUSE_CONFIG", None)
     env.pop("GATEHOUSE_PORT", None)
-    procs = start_processes(path, env)
+    procs = start_processes(path, env, tmp_root / "logs")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/health/ready", procs=procs)
-        yield Stack(base, MASTER_KEY, redis_url, database_url, path, upstream, procs)
+        yield Stack(base, MASTER_KEY, redis_url, database_url, path, upstream, tmp_root / "logs", procs)
     finally:
         stop_processes(procs)
+        for log in sorted((tmp_root / "logs").glob("*.log")):  # shown by pytest when something failed
+            sys.stderr.write(f"--- {log.name} (last lines) ---\n" + "".join(log.read_text().splitlines(True)[-30:]))
 
 
 @pytest.fixture

@@ -109,3 +109,15 @@ async def test_client_disconnect_cancels_the_job(stack) -> None:  # type: ignore
     assert events[-1]["k"] == "error" and events[-1]["code"] == "cancelled"
     chunks = [e for e in events if e["k"] == "chunk"]
     assert len(chunks) < 8
+
+
+def test_logs_carry_request_ids_and_no_credentials(stack) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.post(stack.base_url + "/v1/chat/completions", headers=_auth(stack),
+                   json={"model": "status-400", "messages": [{"role": "user", "content": "x"}]})
+    rid = r.headers["x-request-id"]
+    time.sleep(0.3)
+    gateway_log = (stack.logs / "gateway.log").read_text()
+    access = [line for line in gateway_log.splitlines() if rid in line and "gatehouse.access" in line]
+    assert access and "POST /v1/chat/completions 400" in access[0]
+    everything = "".join(p.read_text() for p in stack.logs.glob("*.log"))
+    assert stack.master_key not in everything and "sk-upstream-secret" not in everything

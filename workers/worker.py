@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from gateway.config import Config
 from workers import queue as q
 from workers.backends import Backends, BackendError, WholeAnswer
+from observability.logs import request_id_var
 from workers.events import EventWriter
 
 log = logging.getLogger("gatehouse.worker")
@@ -38,6 +39,7 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     Streamed chunks are written as they come; the last events (a whole answer, an error, ``end``) are handed
     to the worker, which writes them in the same transaction as arq's end-of-job bookkeeping."""
     spec = q.JobSpec.from_dict(spec_dict)
+    request_id_var.set(spec.id)  # this job's task only: every log line below carries the request id
     writer = EventWriter(ctx["redis"], spec.id)
     backends: Backends = ctx["backends"]
     final: list[bytes] = []
