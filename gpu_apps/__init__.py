@@ -1,0 +1,1 @@
+"""GPU-oriented example applications served by Gatehouse."""
