@@ -27,6 +27,12 @@ class Services:
     models: dict[str, ModelEntry]
     started_at: float = field(default_factory=time.time)
 
+    async def database(self) -> asyncpg.Pool | None:
+        """The PostgreSQL pool, (re)trying to open it if start-up could not."""
+        if self.db is None and self.config.settings.database_url:
+            self.db = await open_db(self.config.settings.database_url)
+        return self.db
+
     async def aclose(self) -> None:
         await self.redis.aclose()
         if self.db is not None:

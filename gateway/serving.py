@@ -113,7 +113,7 @@ class Generation:
         current = asyncio.current_task()
         assert current is not None
         watcher = asyncio.create_task(_wait_disconnect(request))
-        watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and t.result() else None)
+        watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and not t.exception() else None)
         done = False
         try:
             if kind == "generate":

@@ -24,10 +24,11 @@ async def _redis_ok(svc: Services) -> bool:
 
 
 async def _db_ok(svc: Services) -> bool:
-    if svc.db is None:
-        return svc.config.settings.database_url is None
+    if svc.config.settings.database_url is None:
+        return True  # no database configured: nothing to wait for
     try:
-        return await asyncio.wait_for(svc.db.fetchval("SELECT 1"), 2) == 1
+        db = await asyncio.wait_for(svc.database(), 5)
+        return db is not None and await asyncio.wait_for(db.fetchval("SELECT 1"), 2) == 1
     except Exception:  # noqa: BLE001
         return False
 

@@ -107,7 +107,8 @@ class LocalBackend(Backend):
     def _seeds(self, job: JobSpec) -> list[int | None]:
         n = int(job.body.get("n") or 1)
         seed = job.body.get("seed")
-        return [None if seed is None else int(seed) + i for i in range(n)]
+        # torch seeds are 64-bit: wrap rather than fail on a seed near the top of OpenAI's int64 range
+        return [None if seed is None else (int(seed) + i) % 2**63 for i in range(n)]
 
     async def complete(self, job: JobSpec) -> dict[str, Any]:
         prompt = prompt_of(job)
