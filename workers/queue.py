@@ -137,23 +137,22 @@ return depth + 1
 QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.", "server_error", "queue_full")
 
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
-# KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4.. job ids
-# For each id that is due and not already running elsewhere, take arq's in-progress lock. Returns a flat
-# list [id, score, id, score, ...] of the jobs this worker now owns. Same checks as arq's start_jobs
-# (WATCH + EXISTS + ZSCORE + MULTI/PSETEX per job), in one round trip for the whole batch.
+# KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix,
+#                            4 most jobs to claim, 5 most queue entries to look at
+# Reads the due jobs and, for each one not already running elsewhere, takes arq's in-progress lock.
+# Returns a flat list [id, score, id, score, ...] of the jobs this worker now owns: arq's ZRANGEBYSCORE
+# plus its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX, in one round trip for the whole batch.
 CLAIM_LUA = """
 local out = {}
-local now = tonumber(ARGV[1])
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local lock = ARGV[3] .. id
+local want = tonumber(ARGV[4])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[5])
+for i = 1, #due, 2 do
+  if #out >= 2 * want then break end
+  local lock = ARGV[3] .. due[i]
   if redis.call('EXISTS', lock) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
-      redis.call('SET', lock, '1', 'PX', ARGV[2])
-      out[#out + 1] = id
-      out[#out + 1] = score
-    end
+    redis.call('SET', lock, '1', 'PX', ARGV[2])
+    out[#out + 1] = due[i]
+    out[#out + 1] = due[i + 1]
   end
 end
 return out
