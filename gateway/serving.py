@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -24,10 +24,11 @@ from gateway.errors import (
     GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, from_event, from_validation_error,
 )
 from gateway.relay import Shape, collect, read_events, sse_stream
-from gateway.services import Services
+from gateway.services import Services, services
 from workers.queue import JobKind, JobSpec
 
 log = logging.getLogger("gatehouse.gateway")
+T = TypeVar("T", bound=BaseModel)
 _background: set[asyncio.Task[Any]] = set()
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -55,7 +56,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def parse(model_cls: type[BaseModel], body: dict[str, Any]) -> Any:
+def parse(model_cls: type[T], body: dict[str, Any]) -> T:
     try:
         return model_cls.model_validate(body)
     except ValidationError as e:
@@ -81,11 +82,23 @@ class Generation:
         self.svc = svc
         self.settings = svc.config.settings
 
+    @classmethod
+    async def accept(cls, request: Request, model_cls: type[T]) -> tuple["Generation", dict[str, Any], T]:
+        """The steps before enqueue: authenticate, read and parse the body, check the model and limits."""
+        gen = cls(services(request))
+        gen.svc.auth.authenticate(request)
+        body = await read_json(request, gen.settings.max_body_bytes)
+        req = parse(model_cls, body)
+        gen.check_model(req.model)  # type: ignore[attr-defined]
+        if isinstance(req, p.SamplingRequest):
+            gen.check_limits(req)
+        return gen, body, req
+
     def check_model(self, name: str) -> None:
         if name not in self.svc.models:
             raise ModelNotFound(name)
 
-    def check_limits(self, req: p._Sampling) -> None:
+    def check_limits(self, req: p.SamplingRequest) -> None:
         limit = req.token_limit()
         if limit is not None and limit > self.settings.max_tokens_limit:
             param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import protocol as p
-from gateway.serving import Generation, parse, read_json
+from gateway.serving import Generation
 from gateway.services import services
 
 router = APIRouter()
@@ -15,13 +15,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
-    svc = services(request)
-    svc.auth.authenticate(request)
-    body = await read_json(request, svc.config.settings.max_body_bytes)
-    req: p.ChatCompletionRequest = parse(p.ChatCompletionRequest, body)
-    gen = Generation(svc)
-    gen.check_model(req.model)
-    gen.check_limits(req)
+    gen, body, req = await Generation.accept(request, p.ChatCompletionRequest)
     return await gen.run(request, "chat", body, req.model, stream=bool(req.stream),
                          include_usage=req.include_usage(), id_prefix="chatcmpl-")
 
@@ -29,13 +23,7 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
 async def completions(request: Request) -> Response:
-    svc = services(request)
-    svc.auth.authenticate(request)
-    body = await read_json(request, svc.config.settings.max_body_bytes)
-    req: p.CompletionRequest = parse(p.CompletionRequest, body)
-    gen = Generation(svc)
-    gen.check_model(req.model)
-    gen.check_limits(req)
+    gen, body, req = await Generation.accept(request, p.CompletionRequest)
     return await gen.run(request, "completion", body, req.model, stream=bool(req.stream),
                          include_usage=req.include_usage(), id_prefix="cmpl-")
 
