@@ -8,6 +8,7 @@ production client code talks to it unchanged. Behaviour is chosen by the request
     status-NNN      always answers HTTP NNN with an OpenAI error body
     flaky-NNN       answers HTTP NNN to the first attempt of each distinct body, then succeeds
     slow            waits ``delay`` seconds (body field, default 0.2) before each chunk
+    broken-stream   streams two chunks, then an error event (as OpenAI does when a stream fails midway)
 
 ``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
 ``GET /_stats`` counts requests. Run alone: ``python -m bench.fake_upstream --port 9100``.
@@ -104,9 +105,13 @@ class FakeUpstream:
 
         if chat:
             await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for w in words:
+        for i, w in enumerate(words):
             if delay:
                 await asyncio.sleep(delay)
+            if model == "broken-stream" and i == 2:
+                await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", "type": "server_error"}}\n\n')
+                await resp.write_eof()
+                return resp
             piece = {"delta": {"content": w}} if chat else {"text": w}
             await send([{"index": 0, **piece, "finish_reason": None}])
         await send([{"index": 0, **({"delta": {}} if chat else {"text": ""}), "finish_reason": finish}])

@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.config import Config, ConfigError, load_config
-from gateway.embedded import ensure_master_key
+from gateway.embedded import ensure_master_key, read_master_key
 from observability.logs import setup_logging
 
 app = typer.Typer(help="Gatehouse: an OpenAI-compatible gateway with a Redis queue, async workers and GPU "
-                       "model apps.", no_args_is_help=True, add_completion=False)
+                       "model apps.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)  # locals may hold keys: never print them
 console = Console(stderr=True)
 err_console = Console(stderr=True)
 
@@ -97,10 +98,7 @@ def models(config: ConfigOpt = None,
     cfg = _load(config)
     table = Table("model", "backend", "upstream")
     try:
-        key = ensure_master_key(cfg.settings.data_dir, cfg.master_key())
-        req = urllib.request.Request(_base_url(cfg, base_url) + "/health",
-                                     headers={"authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(req, timeout=3) as r:
+        with urllib.request.urlopen(_base_url(cfg, base_url) + "/health", timeout=3) as r:
             live = {m["id"]: m["backend"] for m in orjson.loads(r.read())["models"]}
         source = "gateway"
     except OSError:
@@ -126,7 +124,11 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")]
     import openai
 
     cfg = _load(config)
-    key = api_key or ensure_master_key(cfg.settings.data_dir, cfg.master_key())
+    key = api_key or read_master_key(cfg.settings.data_dir, cfg.master_key())
+    if not key:
+        err_console.print("[red]no API key: pass --api-key, set GATEHOUSE_API_KEY, or run from the directory "
+                          "where `gatehouse up` keeps .gatehouse/[/red]")
+        raise typer.Exit(2)
     client = openai.OpenAI(base_url=_base_url(cfg, base_url) + "/v1", api_key=key, max_retries=1)
     extra = {k: v for k, v in {"temperature": temperature, "seed": seed}.items() if v is not None}
     try:

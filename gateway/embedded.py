@@ -16,16 +16,23 @@ DEFAULT_VALKEY_PORT = 6380
 MASTER_KEY_FILE = "master_key"
 
 
-def ensure_master_key(data_dir: Path, configured: str | None) -> str:
-    """The configured master key, else the one stored in the data dir, else a new one stored 0600."""
+def read_master_key(data_dir: Path, configured: str | None) -> str | None:
+    """The configured master key, else the one stored in the data dir, else None."""
     if configured:
         return configured
     path = data_dir / MASTER_KEY_FILE
     if path.is_file():
-        key = path.read_text(encoding="utf-8").strip()
-        if key:
-            return key
+        return path.read_text(encoding="utf-8").strip() or None
+    return None
+
+
+def ensure_master_key(data_dir: Path, configured: str | None) -> str:
+    """The configured or stored master key, else a new one stored 0600 in the data dir."""
+    key = read_master_key(data_dir, configured)
+    if key:
+        return key
     data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / MASTER_KEY_FILE
     key = "sk-gh-master-" + secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -25,6 +25,7 @@ from gateway.errors import (
 )
 from gateway.relay import Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
+from workers import queue as q
 from workers.queue import JobKind, JobSpec
 
 log = logging.getLogger("gatehouse.gateway")
@@ -115,6 +116,8 @@ class Generation:
         shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
         events = read_events(self.svc.redis, rid, spec.deadline, first)
         if stream:
+            if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
+                raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
             return StreamingResponse(self._guarded_stream(rid, sse_stream(events, shape, include_usage)),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         result = await self._collect_or_cancel(request, rid, events, shape, kind)

@@ -88,7 +88,7 @@ def model_list(upstream_base: str) -> list[dict]:
 
     return [
         {"model_name": "chargpt", "litellm_params": {"model": "local/chargpt"}},
-        entry("fake"), entry("echo"), entry("slow"), entry("status-400"), entry("status-503", max_retries=1),
+        entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"), entry("status-503", max_retries=1),
         entry("flaky-503"), entry("status-429", max_retries=0),
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",
                                                     "api_base": upstream_base.removesuffix("/v1"),

@@ -102,3 +102,31 @@ def test_models_command(stack) -> None:  # type: ignore[no-untyped-def]
                        capture_output=True, text=True, timeout=60, env=_clean_env())
     assert r.returncode == 0, r.stderr
     assert "chargpt" in r.stdout and "echo" in r.stdout and "source: gateway" in r.stderr
+
+
+def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, redis_url: str, database_url: str) -> None:
+    port = free_port()
+    external_redis = redis_url.rsplit("/", 1)[0] + "/3"  # its own database: no other test's worker sees it
+    proc = subprocess.Popen([*GATEHOUSE, "up", "--port", str(port)], cwd=tmp_path, text=True,
+                            env=_clean_env(PYTHONPATH=str(ROOT), REDIS_URL=external_redis, DATABASE_URL=database_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _read_until_banner(proc)
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=10)
+        assert not (tmp_path / ".gatehouse" / "valkey").exists()
+        assert not (tmp_path / ".gatehouse" / "postgres").exists()
+        key = (tmp_path / ".gatehouse" / "master_key").read_text().strip()
+        r = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0).completions.create(
+            model="chargpt", prompt="x", max_tokens=5, seed=2)
+        assert len(r.choices[0].text) == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+
+
+def test_chat_without_a_key_says_how_to_get_one(tmp_path: Path) -> None:
+    r = subprocess.run([*GATEHOUSE, "chat", "chargpt", "x", "--base-url", "http://127.0.0.1:9"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env=_clean_env(PYTHONPATH=str(ROOT)))
+    assert r.returncode == 2 and "no API key" in r.stderr
+    assert not (tmp_path / ".gatehouse").exists()  # a client command creates nothing

@@ -128,15 +128,23 @@ def test_retry_recovers_from_transient_upstream_failure(client: openai.OpenAI) -
     assert r.choices[0].message.content == CANNED
 
 
-def test_stream_error_is_one_event_then_done(stack) -> None:  # type: ignore[no-untyped-def]
+def test_stream_that_fails_before_output_gets_an_http_status(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="status-400", messages=[{"role": "user", "content": "x"}], stream=True)
+    assert e.value.body["code"] == "fake_400"
+
+
+def test_stream_that_fails_midway_ends_with_one_error_event_then_done(stack) -> None:  # type: ignore[no-untyped-def]
     with httpx.stream("POST", stack.base_url + "/v1/chat/completions",
                       headers={"authorization": f"Bearer {stack.master_key}"},
-                      json={"model": "status-400", "messages": [{"role": "user", "content": "x"}],
+                      json={"model": "broken-stream", "messages": [{"role": "user", "content": "x"}],
                             "stream": True}) as r:
+        assert r.status_code == 200
         body = r.read().decode()
     events = [e for e in body.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
-    assert '"error"' in events[0] and len(events) == 2
+    assert '"error"' in events[-2] and "upstream broke mid-stream" in events[-2]
+    assert '"Hello "' in body  # the output before the failure was delivered
 
 
 async def test_async_client_and_20_concurrent_streams(aclient: openai.AsyncOpenAI) -> None:
