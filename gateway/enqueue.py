@@ -7,6 +7,7 @@ blocks at most ``FIRST_READ_MS``; longer requests continue with ordinary blockin
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ class JobQueue:
         self.name = name
         self.max_depth = max_depth
         self._wake = q.wake_key(name)
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     async def submit(self, spec: q.JobSpec) -> Entries:
         """Enqueue ``spec`` and return the first output entries (possibly none yet).
@@ -54,6 +56,12 @@ class JobQueue:
             pipe.zrem(self.name, request_id)
             pipe.publish(q.CANCEL_CHANNEL, request_id)
             await pipe.execute()
+
+    def cancel_soon(self, request_id: str) -> None:
+        """``cancel`` from code that cannot await (a cancelled handler's ``finally``)."""
+        task = asyncio.get_running_loop().create_task(self.cancel(request_id))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.name))

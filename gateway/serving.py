@@ -30,7 +30,6 @@ from workers.queue import JobKind, JobSpec
 
 log = logging.getLogger("gatehouse.gateway")
 T = TypeVar("T", bound=BaseModel)
-_background: set[asyncio.Task[Any]] = set()
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -64,10 +63,12 @@ def parse(model_cls: type[T], body: dict[str, Any]) -> T:
         raise from_validation_error(e) from None
 
 
-def deadline_for(request: Request, default_s: float) -> float:
-    """The SDK announces its own timeout (x-stainless-timeout); never wait past either."""
+def deadline_for(request: Request, default_s: float, stream: bool) -> float:
+    """When the request must be done. The OpenAI SDKs announce their read timeout (``x-stainless-read-timeout``):
+    for a non-streaming call that is how long the client will wait for the whole answer, so working past it
+    is wasted. (For a stream it bounds the gap between chunks, not the total, so it is not used.)"""
     timeout = default_s
-    hinted = request.headers.get("x-stainless-timeout")
+    hinted = None if stream else request.headers.get("x-stainless-read-timeout")
     if hinted:
         try:
             timeout = min(timeout, max(0.1, float(hinted)))
@@ -111,7 +112,7 @@ class Generation:
                   include_usage: bool, id_prefix: str) -> Response:
         rid = request_id(request.scope)
         spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
-                       deadline=deadline_for(request, self.settings.request_timeout_s))
+                       deadline=deadline_for(request, self.settings.request_timeout_s, stream))
         first = await self.svc.queue.submit(spec)
         shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
         events = read_events(self.svc.redis, rid, spec.deadline, first)
@@ -154,9 +155,7 @@ class Generation:
                 self._cancel_later(rid)
 
     def _cancel_later(self, rid: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.svc.queue.cancel(rid))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self.svc.queue.cancel_soon(rid)
 
 
 async def _wait_disconnect(request: Request) -> bool:

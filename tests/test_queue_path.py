@@ -84,9 +84,10 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]
+    """The SDK's read timeout header (sent by every OpenAI SDK) bounds a non-streaming job."""
     t0 = time.time()
     r = httpx.post(stack.base_url + "/v1/chat/completions",
-                   headers={**_auth(stack), "x-stainless-timeout": "0.6"},
+                   headers={**_auth(stack), "x-stainless-read-timeout": "0.6"},
                    json={"model": "slow", "delay": 2.0, "messages": [{"role": "user", "content": "x"}]}, timeout=10)
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "timeout"
@@ -121,3 +122,4 @@ def test_logs_carry_request_ids_and_no_credentials(stack) -> None:  # type: igno
     assert access and "POST /v1/chat/completions 400" in access[0]
     everything = "".join(p.read_text() for p in stack.logs.glob("*.log"))
     assert stack.master_key not in everything and "sk-upstream-secret" not in everything
+
