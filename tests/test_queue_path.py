@@ -83,15 +83,22 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
         r.zrem(q.INTERACTIVE_QUEUE, *fake_ids)
 
 
-def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]
+async def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]
     """The SDK's read timeout header (sent by every OpenAI SDK) bounds a non-streaming job."""
     t0 = time.time()
-    r = httpx.post(stack.base_url + "/v1/chat/completions",
-                   headers={**_auth(stack), "x-stainless-read-timeout": "0.6"},
-                   json={"model": "slow", "delay": 2.0, "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(stack.base_url + "/v1/chat/completions",
+                         headers={**_auth(stack), "x-stainless-read-timeout": "0.6"},
+                         json={"model": "slow", "delay": 2.0, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "timeout"
-    assert time.time() - t0 < 3
+    assert time.time() - t0 < 1.5
+    # the worker gave up too (its own deadline), instead of waiting 2 s for the upstream
+    redis = Redis.from_url(stack.redis_url)
+    events = [e async for e in read_events(redis, r.headers["x-request-id"], time.time() + 2)]
+    await redis.aclose()
+    assert events[-1]["k"] == "error" and events[-1]["code"] in ("timeout", "cancelled")
+    assert time.time() - t0 < 1.8
 
 
 async def test_client_disconnect_cancels_the_job(stack) -> None:  # type: ignore[no-untyped-def]
