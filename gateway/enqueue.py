@@ -8,6 +8,7 @@ blocks at most ``FIRST_READ_MS``; longer requests continue with ordinary blockin
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from gateway.errors import InvalidRequest, QueueFull
 from workers import queue as q
 
 FIRST_READ_MS = 1_000
+UNLINK_EVERY_S = 0.2
+log = logging.getLogger("gatehouse.gateway")
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
@@ -29,6 +32,8 @@ class JobQueue:
         self.max_depth = max_depth
         self._wake = q.wake_key(name)
         self._cancelling: set[asyncio.Task[None]] = set()
+        self._consumed: list[str] = []
+        self._unlinker: asyncio.Task[None] | None = None
 
     async def submit(self, spec: q.JobSpec) -> Entries:
         """Enqueue ``spec`` and return the first output entries (possibly none yet).
@@ -56,6 +61,22 @@ class JobQueue:
             pipe.zrem(self.name, request_id)
             pipe.publish(q.CANCEL_CHANNEL, request_id)
             await pipe.execute()
+
+    def consumed(self, request_id: str) -> None:
+        """The reader has the whole output: its stream can go. Deletions are batched (one UNLINK for many
+        streams, every ``UNLINK_EVERY_S``) so a finished request costs no extra round trip of its own."""
+        self._consumed.append(q.output_key(request_id))
+        if self._unlinker is None or self._unlinker.done():
+            self._unlinker = asyncio.get_running_loop().create_task(self._unlink_consumed())
+
+    async def _unlink_consumed(self) -> None:
+        while self._consumed:
+            await asyncio.sleep(UNLINK_EVERY_S)
+            keys, self._consumed = self._consumed, []
+            try:
+                await self.redis.unlink(*keys)
+            except Exception as e:  # noqa: BLE001 - the streams expire on their own anyway
+                log.warning("could not delete %d finished output streams: %s", len(keys), type(e).__name__)
 
     def cancel_soon(self, request_id: str) -> None:
         """``cancel`` from code that cannot await (a cancelled handler's ``finally``)."""

@@ -141,8 +141,7 @@ class Generation:
             return result
         finally:
             watcher.cancel()
-            if not done:
-                self._cancel_later(rid)
+            self._settle(rid, done)
 
     async def _guarded_stream(self, rid: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         finished = False
@@ -151,11 +150,15 @@ class Generation:
                 yield piece
             finished = True
         finally:
-            if not finished:  # client went away (Starlette cancels us) or a read failed
-                self._cancel_later(rid)
+            # not finished: the client went away (Starlette cancels us) or a read failed
+            self._settle(rid, finished)
 
-    def _cancel_later(self, rid: str) -> None:
-        self.svc.queue.cancel_soon(rid)
+    def _settle(self, rid: str, delivered: bool) -> None:
+        """After the response: drop the consumed output, or cancel the job whose output nobody will read."""
+        if delivered:
+            self.svc.queue.consumed(rid)
+        else:
+            self.svc.queue.cancel_soon(rid)
 
 
 async def _wait_disconnect(request: Request) -> bool:

@@ -130,3 +130,15 @@ def test_logs_carry_request_ids_and_no_credentials(stack) -> None:  # type: igno
     everything = "".join(p.read_text() for p in stack.logs.glob("*.log"))
     assert stack.master_key not in everything and "sk-upstream-secret" not in everything
 
+
+
+async def test_consumed_output_streams_are_deleted(stack) -> None:  # type: ignore[no-untyped-def]
+    """Redis memory stays bounded by the requests in flight, not by the last minute of traffic."""
+    async with httpx.AsyncClient() as c:
+        rs = [await c.post(stack.base_url + "/v1/chat/completions", headers=_auth(stack),
+                           json={"model": "fake", "messages": [{"role": "user", "content": "x"}]}) for _ in range(5)]
+    keys = [q.output_key(r.headers["x-request-id"]) for r in rs]
+    redis = Redis.from_url(stack.redis_url)
+    await asyncio.sleep(0.6)
+    assert await redis.exists(*keys) == 0
+    await redis.aclose()

@@ -33,7 +33,7 @@ WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (un
 ARQ_JOB_PREFIX = "arq:job:"
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
-OUTPUT_TTL_S = 120  # an output stream outlives its request by this much, for late readers
+OUTPUT_TTL_S = 60  # safety net: a stream nobody consumed (reader gone) expires this long after its last write
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_FRESH_S = 10.0
 
