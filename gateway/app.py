@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.config import Config
 from gateway.context import RequestContextMiddleware, request_id
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, render
-from gateway.routes import generate, health, openai
+from gateway.routes import generate, health, keys, openai
 from gateway.services import build_services
 
 log = logging.getLogger("gatehouse.gateway")
@@ -40,6 +40,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(generate.router)
     app.include_router(health.router)
+    app.include_router(keys.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli_keys import keys_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.embedded import ensure_master_key, read_master_key
 from observability.logs import setup_logging
@@ -151,6 +152,9 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")]
     except openai.APIStatusError as e:
         err_console.print(f"[red]{e.status_code}: {e.message}[/red]", highlight=False)
         raise typer.Exit(1) from None
+
+
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -19,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import protocol as p
+from gateway.auth import Principal
 from gateway.context import request_id
 from gateway.errors import (
-    GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, from_event, from_validation_error,
+    GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, PermissionDenied, from_event,
+    from_validation_error,
 )
 from gateway.relay import Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
@@ -88,17 +90,20 @@ class Generation:
     async def accept(cls, request: Request, model_cls: type[T]) -> tuple["Generation", dict[str, Any], T]:
         """The steps before enqueue: authenticate, read and parse the body, check the model and limits."""
         gen = cls(services(request))
-        gen.svc.auth.authenticate(request)
+        principal = await gen.svc.auth.authenticate(request)
         body = await read_json(request, gen.settings.max_body_bytes)
         req = parse(model_cls, body)
-        gen.check_model(req.model)  # type: ignore[attr-defined]
+        gen.check_model(req.model, principal)  # type: ignore[attr-defined]
         if isinstance(req, p.SamplingRequest):
             gen.check_limits(req)
         return gen, body, req
 
-    def check_model(self, name: str) -> None:
+    def check_model(self, name: str, principal: Principal) -> None:
         if name not in self.svc.models:
             raise ModelNotFound(name)
+        if not principal.may_use(name):
+            raise PermissionDenied(f"This API key is not allowed to use the model `{name}`.", param="model",
+                                   code="model_not_allowed")
 
     def check_limits(self, req: p.SamplingRequest) -> None:
         limit = req.token_limit()

@@ -1,18 +1,35 @@
-"""Authentication. This module accepts the master key as a Bearer token; virtual keys, JWT, Basic and
-``x-api-key`` build on the same ``Principal`` (issue #3)."""
+"""Authentication: every credential form becomes one :class:`Principal`.
+
+Accepted, on every protected route:
+
+1. ``Authorization: Bearer <master key>`` — admin.
+2. ``Authorization: Bearer sk-gh-<id>.<secret>`` — a virtual key (gateway/keys/).
+3. ``Authorization: Bearer <JWT>`` — HS256 with a shared secret, or RS256/ES256 from a JWKS (jwt_auth.py).
+4. ``Authorization: Basic base64(ak-<id>:as-<secret>)`` — the same virtual key as an id/secret pair.
+5. ``x-api-key: <virtual key or master key>``.
+
+Secrets are compared in constant time and never appear in messages or logs.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from starlette.requests import Request
 
 from gateway.errors import AuthenticationFailed
+from gateway.keys.cache import KeyCache
+from gateway.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
           "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 BAD_KEY = "Incorrect API key provided. You can find your API keys in your Gatehouse admin."
+EXPIRED = "This API key has expired or was revoked."
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,25 +37,82 @@ class Principal:
     """Who is calling. ``models`` is None when every model is allowed."""
 
     id: str
+    kind: str = "master"  # master | key | jwt
     is_admin: bool = False
     models: frozenset[str] | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    key_id: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+MASTER = Principal(id="master", kind="master", is_admin=True)
 
 
 class Authenticator:
-    def __init__(self, master_key: str):
+    def __init__(self, master_key: str, keys: KeyCache | None = None, jwt: Any | None = None):
         self._master = master_key.encode()
-        self._admin = Principal(id="master", is_admin=True)
+        self.keys = keys
+        self.jwt = jwt  # gateway.auth.jwt_auth.JwtVerifier when configured
 
-    def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
-        if not header:
-            raise AuthenticationFailed(NO_KEY, code="invalid_api_key")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationFailed(NO_KEY, code="invalid_api_key")
-        # constant-time comparison; the token never appears in a message or a log
+        if header:
+            scheme, _, value = header.partition(" ")
+            value = value.strip()
+            scheme = scheme.lower()
+            if scheme == "bearer" and value:
+                return await self._bearer(value)
+            if scheme == "basic" and value:
+                return await self._virtual_key(_basic_pair(value))
+            raise AuthenticationFailed(NO_KEY)
+        api_key = request.headers.get("x-api-key")
+        if api_key:
+            return await self._bearer(api_key.strip(), allow_jwt=False)
+        raise AuthenticationFailed(NO_KEY)
+
+    async def _bearer(self, token: str, allow_jwt: bool = True) -> Principal:
         if hmac.compare_digest(token.encode(), self._master):
-            return self._admin
+            return MASTER
+        cred = parse_bearer(token)
+        if cred is not None:
+            return await self._virtual_key(cred)
+        if allow_jwt and self.jwt is not None and self.jwt.looks_like_jwt(token):
+            return _from_jwt(await self.jwt.verify(token))
         raise AuthenticationFailed(BAD_KEY)
+
+    async def _virtual_key(self, cred: KeyCredential | None) -> Principal:
+        if cred is None or self.keys is None:
+            raise AuthenticationFailed(BAD_KEY)
+        entry = await self.keys.lookup(cred.key_id)
+        if entry is None or not secret_matches(cred.secret, entry[1]):
+            raise AuthenticationFailed(BAD_KEY)
+        record = entry[0]
+        if not record.usable(datetime.now(timezone.utc)):
+            raise AuthenticationFailed(EXPIRED)
+        return Principal(id=record.key_id, kind="key", is_admin=record.is_admin,
+                         models=frozenset(record.models) if record.models is not None else None,
+                         key_id=record.key_id, user_id=record.user_id, team_id=record.team_id,
+                         rpm_limit=record.rpm_limit, tpm_limit=record.tpm_limit,
+                         max_parallel_requests=record.max_parallel_requests, metadata=record.metadata)
+
+
+def _basic_pair(value: str) -> KeyCredential | None:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    key_id, sep, secret = decoded.partition(":")
+    return parse_pair(key_id, secret) if sep else None
+
+
+def _from_jwt(identity: Any) -> Principal:
+    return Principal(id=f"jwt:{identity.subject}", kind="jwt", is_admin=identity.is_admin, models=identity.models,
+                     user_id=identity.subject, team_id=identity.team_id, rpm_limit=identity.rpm_limit,
+                     tpm_limit=identity.tpm_limit, max_parallel_requests=identity.max_parallel_requests)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import protocol as p
+from gateway.errors import ModelNotFound
 from gateway.serving import Generation
 from gateway.services import services
 
@@ -32,9 +33,9 @@ async def completions(request: Request) -> Response:
 @router.get("/models", include_in_schema=False)
 async def list_models(request: Request) -> Response:
     svc = services(request)
-    svc.auth.authenticate(request)
+    principal = await svc.auth.authenticate(request)
     created = int(svc.started_at)
-    cards = [p.model_card(name, created) for name in svc.models]
+    cards = [p.model_card(name, created) for name in svc.models if principal.may_use(name)]
     return Response(p.dumps_json(p.model_list(cards)), media_type="application/json")
 
 
@@ -42,6 +43,8 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}", include_in_schema=False)
 async def get_model(request: Request, model_id: str) -> Response:
     svc = services(request)
-    svc.auth.authenticate(request)
-    Generation(svc).check_model(model_id)
+    principal = await svc.auth.authenticate(request)
+    if not principal.may_use(model_id):
+        raise ModelNotFound(model_id)  # as OpenAI: a model you cannot use does not exist for you
+    Generation(svc).check_model(model_id, principal)
     return Response(p.dumps_json(p.model_card(model_id, int(svc.started_at))), media_type="application/json")

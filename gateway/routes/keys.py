@@ -1,0 +1,175 @@
+"""Admin API for virtual keys, compatible with LiteLLM's where the two overlap:
+``POST /key/generate``, ``GET /key/info``, ``POST /key/update``, ``POST /key/delete``, ``GET /key/list``.
+
+Only the master key or an admin principal may call them, except ``/key/info`` about the caller's own key.
+The secret is shown once, in the answer to ``/key/generate``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response
+
+from gateway import protocol as p
+from gateway.auth import Principal
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.keys.store import KeyRecord, parse_duration
+from gateway.keys.tokens import ID_PREFIX, parse_bearer
+from gateway.serving import parse, read_json
+from gateway.services import Services, services
+
+router = APIRouter(tags=["keys"])
+
+
+class KeyFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # LiteLLM clients send fields we do not implement
+
+    models: list[str] | None = None
+    key_alias: str | None = Field(default=None, max_length=256)
+    user_id: str | None = Field(default=None, max_length=256)
+    team_id: str | None = Field(default=None, max_length=256)
+    max_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = None
+    rpm_limit: int | None = Field(default=None, ge=0)
+    tpm_limit: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=0)
+    metadata: dict[str, Any] | None = None
+    expires: datetime | None = None
+    duration: str | None = None  # LiteLLM: the key expires this long after creation
+    is_admin: bool | None = None  # Gatehouse: the key may call the admin API (master key only)
+
+    @field_validator("budget_duration", "duration")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def columns(self) -> dict[str, Any]:
+        out = self.model_dump(exclude_unset=True, exclude={"expires", "duration"})
+        if out.get("models") == []:  # LiteLLM: an empty list means every model
+            out["models"] = None
+        if self.duration is not None:
+            out["expires_at"] = datetime.now(timezone.utc) + parse_duration(self.duration)
+        elif "expires" in self.model_fields_set:
+            exp = self.expires
+            out["expires_at"] = exp.replace(tzinfo=timezone.utc) if exp and exp.tzinfo is None else exp
+        return out
+
+
+class KeyUpdate(KeyFields):
+    key: str
+
+
+class KeyDelete(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    keys: list[str] = Field(min_length=1, max_length=1000)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(p.dumps_json(obj), status_code=status, media_type="application/json")
+
+
+def key_id_of(value: str) -> str:
+    """A key named by its Bearer form or by its id."""
+    cred = parse_bearer(value)
+    if cred is not None:
+        return cred.key_id
+    if value.startswith(ID_PREFIX):
+        return value
+    raise InvalidRequest("`key` must be a virtual key (sk-gh-…) or a key id (ak-…).", param="key")
+
+
+def _shown(record: KeyRecord) -> dict[str, Any]:
+    d = record.to_json()
+    d["expires"] = d.pop("expires_at")
+    return d
+
+
+async def _admin(request: Request) -> tuple[Services, Principal]:
+    svc = services(request)
+    principal = await svc.auth.authenticate(request)
+    if not principal.is_admin:
+        raise PermissionDenied("Only the master key or an admin key may manage keys.", code="admin_only")
+    return svc, principal
+
+
+@router.post("/key/generate")
+async def generate_key(request: Request) -> Response:
+    svc, principal = await _admin(request)
+    fields = parse(KeyFields, await read_json(request, svc.config.settings.max_body_bytes)).columns()
+    if fields.get("is_admin") and principal.kind != "master":
+        raise PermissionDenied("Only the master key may create admin keys.", param="is_admin", code="admin_only")
+    unknown = set(fields.get("models") or ()) - set(svc.models)
+    if unknown:
+        raise InvalidRequest(f"Unknown model(s): {', '.join(sorted(unknown))}.", param="models",
+                             code="model_not_found")
+    store = await svc.key_store()
+    try:
+        record, cred = await store.create(**fields)
+    except asyncpg.UniqueViolationError:
+        raise InvalidRequest("Another active key already has this key_alias.", param="key_alias",
+                             code="duplicate_key_alias") from None
+    basic = base64.b64encode(f"{cred.key_id}:{cred.secret}".encode()).decode()
+    return _json({"key": cred.bearer, "key_id": cred.key_id, "key_secret": cred.secret,
+                  "basic_auth": f"Basic {basic}", **_shown(record)})
+
+
+@router.get("/key/info")
+async def key_info(request: Request, key: str | None = None) -> Response:
+    svc = services(request)
+    principal = await svc.auth.authenticate(request)
+    key_id = key_id_of(key) if key else principal.key_id
+    if key_id is None:
+        raise InvalidRequest("Name the key with ?key=…", param="key", code="missing_required_parameter")
+    if not principal.is_admin and key_id != principal.key_id:
+        raise PermissionDenied("A key may only look at itself.", code="admin_only")
+    found = await (await svc.key_store()).get(key_id)
+    if found is None:
+        raise NotFound(f"No key with id {key_id}.", code="key_not_found")
+    return _json({"key": key_id, "info": _shown(found[0])})
+
+
+@router.post("/key/update")
+async def update_key(request: Request) -> Response:
+    svc, principal = await _admin(request)
+    req = parse(KeyUpdate, await read_json(request, svc.config.settings.max_body_bytes))
+    fields = req.columns()
+    fields.pop("key", None)
+    if fields.get("is_admin") and principal.kind != "master":
+        raise PermissionDenied("Only the master key may grant admin.", param="is_admin", code="admin_only")
+    key_id = key_id_of(req.key)
+    record = await (await svc.key_store()).update(key_id, **fields)
+    if record is None:
+        raise NotFound(f"No active key with id {key_id}.", code="key_not_found")
+    await svc.keys.invalidate(key_id)
+    return _json({"key": key_id, **_shown(record)})
+
+
+@router.post("/key/delete")
+async def delete_keys(request: Request) -> Response:
+    svc, _ = await _admin(request)
+    req = parse(KeyDelete, await read_json(request, svc.config.settings.max_body_bytes))
+    ids = [key_id_of(k) for k in req.keys]
+    deleted = await (await svc.key_store()).revoke(ids)
+    await svc.keys.invalidate(*ids)
+    return _json({"deleted_keys": deleted})
+
+
+@router.get("/key/list")
+async def list_keys(request: Request, team_id: str | None = None, page: int = 1, size: int = 100,
+                    return_full_object: bool = False, include_revoked: bool = False) -> Response:
+    svc, _ = await _admin(request)
+    if page < 1 or not 1 <= size <= 1000:
+        raise InvalidRequest("page must be ≥ 1 and size between 1 and 1000.", param="size")
+    records, total = await (await svc.key_store()).list(team_id=team_id, include_revoked=include_revoked,
+                                                        page=page, size=size)
+    return _json({"keys": [_shown(r) if return_full_object else r.key_id for r in records],
+                  "total_count": total, "current_page": page, "total_pages": max(1, math.ceil(total / size))})
