@@ -19,6 +19,8 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.auth.jwt_auth import JwtSettings
+
 ENV_REF = "os.environ/"
 DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
 # Providers that already speak OpenAI's protocol go to the native client; "local" runs in-process;
@@ -72,6 +74,18 @@ class ModelEntry(BaseModel):
 DEFAULT_MODEL_LIST = [ModelEntry(model_name="chargpt", litellm_params=LiteLLMParams(model="local/chargpt"))]
 
 
+class TeamLimits(BaseModel):
+    """Limits shared by every key (and JWT identity) of a team."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm_limit: int | None = Field(default=None, ge=0)
+    tpm_limit: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=0)
+    max_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = Field(default=None, pattern=r"^\s*\d+\s*[smhdw]\s*$")
+
+
 class GatehouseSettings(BaseSettings):
     """Gatehouse's own knobs (the ``gatehouse:`` section of the file)."""
 
@@ -96,6 +110,8 @@ class GatehouseSettings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = Field(default="text", pattern=r"^(text|json)$")
     access_log: bool = True
+    teams: dict[str, TeamLimits] = Field(default_factory=dict)
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,7 +32,7 @@ class JobQueue:
         self.name = name
         self.max_depth = max_depth
         self._wake = q.wake_key(name)
-        self._cancelling: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._consumed: list[str] = []
         self._unlinker: asyncio.Task[None] | None = None
 
@@ -80,9 +81,13 @@ class JobQueue:
 
     def cancel_soon(self, request_id: str) -> None:
         """``cancel`` from code that cannot await (a cancelled handler's ``finally``)."""
-        task = asyncio.get_running_loop().create_task(self.cancel(request_id))
-        self._cancelling.add(task)
-        task.add_done_callback(self._cancelling.discard)
+        self.run_soon(self.cancel(request_id))
+
+    def run_soon(self, work: Coroutine[Any, Any, None]) -> None:
+        """Redis work after a response, from code that cannot (or should not) await it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.name))

@@ -7,6 +7,7 @@ There is no polling: each read blocks in Redis until the worker writes, or until
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +40,17 @@ async def read_events(redis: Redis, request_id: str, deadline: float,
         if block_ms <= 0:
             raise GatewayTimeout("The request timed out before the model finished.")
         entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the relay learnt about a finished request (for limits and spend)."""
+
+    usage: dict[str, Any] | None = None
+
+    def tokens(self) -> tuple[int, int]:
+        u = self.usage or {}
+        return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -84,7 +96,8 @@ class Shape:
         return out
 
 
-async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, include_usage: bool) -> AsyncIterator[bytes]:
+async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, include_usage: bool,
+                     outcome: Outcome) -> AsyncIterator[bytes]:
     """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``."""
     usage: dict[str, Any] | None = None
     try:
@@ -105,15 +118,17 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
                 yield sse_error(from_event(ev))
                 break
     except GatewayError as e:
+        outcome.usage = usage
         yield sse_error(e)
         yield DONE
         return
+    outcome.usage = usage
     if include_usage and usage is not None:
         yield _sse(shape.chunk([], usage))
     yield DONE
 
 
-async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape) -> dict[str, Any]:
+async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: Outcome) -> dict[str, Any]:
     """Worker events -> one whole response body. Raises the worker's error as a GatewayError."""
     texts: dict[int, list[str]] = {}
     finish: dict[int, str | None] = {}
@@ -123,6 +138,7 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape) -> dict[s
         k = ev["k"]
         if k == "result":
             d = ev["d"]
+            outcome.usage = d.get("usage")
             return shape.whole(d.get("choices", []), d.get("usage"), d.get("system_fingerprint"))
         if k == "error":
             raise from_event(ev)
@@ -135,6 +151,7 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape) -> dict[s
             if piece:
                 texts.setdefault(i, []).append(piece)
             finish[i] = c.get("finish_reason") or finish.get(i)
+    outcome.usage = usage
     choices = []
     for i in sorted(set(texts) | set(finish)):
         text = "".join(texts.get(i, []))

@@ -10,13 +10,16 @@ import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Principal
+from gateway.auth.jwt_auth import JwtVerifier
 from gateway.config import Config, ModelEntry
 from gateway.db.migrate import migrate
 from gateway.enqueue import JobQueue
 from gateway.errors import ServiceUnavailable
 from gateway.keys.cache import KeyCache
-from gateway.keys.store import KeyStore
+from gateway.keys.store import KeyStore, parse_duration
+from gateway.limits import Limiter, Scope
+from gateway.spend import PgSpendLoader, SpendRecorder, price_of
 
 log = logging.getLogger("gatehouse.gateway")
 
@@ -30,14 +33,34 @@ class Services:
     db: asyncpg.Pool | None
     models: dict[str, ModelEntry]
     keys: KeyCache
+    limiter: Limiter
+    spend: SpendRecorder
+    prices: dict[str, tuple[float, float]]
     started_at: float = field(default_factory=time.time)
 
+    def scopes(self, principal: Principal) -> tuple[Scope, ...]:
+        """The budgets a request by ``principal`` counts against: its own, then its team's."""
+        out = []
+        if principal.kind != "master":
+            out.append(Scope(principal.kind, principal.id, principal.rpm_limit, principal.tpm_limit,
+                             principal.max_parallel_requests, principal.max_budget, principal.budget_period_s))
+        team = self.config.settings.teams.get(principal.team_id or "")
+        if team is not None:
+            period = int(parse_duration(team.budget_duration).total_seconds()) if team.budget_duration else None
+            out.append(Scope("team", principal.team_id or "", team.rpm_limit, team.tpm_limit,
+                             team.max_parallel_requests, team.max_budget, period))
+        return tuple(out)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        p_in, p_out = self.prices.get(model, (0.0, 0.0))
+        return prompt_tokens * p_in + completion_tokens * p_out
     async def database(self) -> asyncpg.Pool | None:
         """The PostgreSQL pool, (re)trying to open it (and migrate) if start-up could not."""
         if self.db is None and self.config.settings.database_url:
             self.db = await open_db(self.config.settings.database_url)
             if self.db is not None:
                 self.keys.store = KeyStore(self.db)
+                self.spend.pool = self.db
         return self.db
 
     async def key_store(self) -> KeyStore:
@@ -48,6 +71,9 @@ class Services:
         return self.keys.store
 
     async def aclose(self) -> None:
+        if self.auth.jwt is not None:
+            await self.auth.jwt.aclose()
+        await self.spend.aclose()
         await self.keys.aclose()
         await self.redis.aclose()
         if self.db is not None:
@@ -85,12 +111,21 @@ async def build_services(config: Config, master_key: str) -> Services:
     db = await open_db(s.database_url)
     keys = KeyCache(KeyStore(db) if db is not None else None, redis)
     keys.start()
-    return Services(
+    spend = SpendRecorder()
+    spend.start(db)
+    models = config.models()
+    jwt = JwtVerifier(s.jwt) if s.jwt.enabled else None
+    svc = Services(
         config=config,
         redis=redis,
         queue=JobQueue(redis, max_depth=s.queue_max_depth),
-        auth=Authenticator(master_key, keys),
+        auth=Authenticator(master_key, keys, jwt),
         db=db,
-        models=config.models(),
+        models=models,
         keys=keys,
+        limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
+        spend=spend,
+        prices={name: price_of(e) for name, e in models.items()},
     )
+    svc.limiter.spend_loader = PgSpendLoader(svc.database)
+    return svc

@@ -19,13 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import protocol as p
-from gateway.auth import Principal
+from gateway.auth import MASTER, Principal
 from gateway.context import request_id
 from gateway.errors import (
     GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, PermissionDenied, from_event,
     from_validation_error,
 )
-from gateway.relay import Shape, collect, read_events, sse_stream
+from gateway.limits import Admission
+from gateway.relay import Outcome, Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
 from workers import queue as q
 from workers.queue import JobKind, JobSpec
@@ -82,15 +83,17 @@ def deadline_for(request: Request, default_s: float, stream: bool) -> float:
 class Generation:
     """Submits a validated request as a job and relays the worker's output."""
 
-    def __init__(self, svc: Services):
+    def __init__(self, svc: Services, principal: Principal = MASTER):
         self.svc = svc
         self.settings = svc.config.settings
+        self.principal = principal
 
     @classmethod
     async def accept(cls, request: Request, model_cls: type[T]) -> tuple["Generation", dict[str, Any], T]:
         """The steps before enqueue: authenticate, read and parse the body, check the model and limits."""
-        gen = cls(services(request))
-        principal = await gen.svc.auth.authenticate(request)
+        svc = services(request)
+        principal = await svc.auth.authenticate(request)
+        gen = cls(svc, principal)
         body = await read_json(request, gen.settings.max_body_bytes)
         req = parse(model_cls, body)
         gen.check_model(req.model, principal)  # type: ignore[attr-defined]
@@ -116,21 +119,30 @@ class Generation:
     async def run(self, request: Request, kind: JobKind, body: dict[str, Any], model: str, *, stream: bool,
                   include_usage: bool, id_prefix: str) -> Response:
         rid = request_id(request.scope)
-        spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
-                       deadline=deadline_for(request, self.settings.request_timeout_s, stream))
-        first = await self.svc.queue.submit(spec)
-        shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
-        events = read_events(self.svc.redis, rid, spec.deadline, first)
-        if stream:
-            if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
-                raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
-            return StreamingResponse(self._guarded_stream(rid, sse_stream(events, shape, include_usage)),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await self._collect_or_cancel(request, rid, events, shape, kind)
-        return Response(orjson.dumps(result), media_type="application/json")
+        admission = await self.svc.limiter.admit(rid, self.svc.scopes(self.principal))  # 429 here
+        headers = admission.headers if admission else {}
+        outcome = Outcome()
+        try:
+            spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
+                           deadline=deadline_for(request, self.settings.request_timeout_s, stream))
+            first = await self.svc.queue.submit(spec)
+            shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
+            events = read_events(self.svc.redis, rid, spec.deadline, first)
+            if stream:
+                if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
+                    raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
+                body_iter = self._guarded_stream(rid, sse_stream(events, shape, include_usage, outcome),
+                                                 admission, model, outcome)
+                return StreamingResponse(body_iter, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        except BaseException:
+            self._account(admission, model, rid, outcome)
+            raise
+        result = await self._collect_or_cancel(request, rid, events, shape, kind, admission, model, outcome)
+        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     async def _collect_or_cancel(self, request: Request, rid: str, events: AsyncIterator[dict[str, Any]],
-                                 shape: Shape, kind: JobKind) -> dict[str, Any]:
+                                 shape: Shape, kind: JobKind, admission: Admission | None, model: str,
+                                 outcome: Outcome) -> dict[str, Any]:
         """Wait for the whole answer; if the client disconnects or time runs out, cancel the job."""
         current = asyncio.current_task()
         assert current is not None
@@ -141,14 +153,16 @@ class Generation:
             if kind == "generate":
                 result = await _first_result(events)
             else:
-                result = await collect(events, shape)
+                result = await collect(events, shape, outcome)
             done = True
             return result
         finally:
             watcher.cancel()
             self._settle(rid, done)
+            self._account(admission, model, rid, outcome)
 
-    async def _guarded_stream(self, rid: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _guarded_stream(self, rid: str, body: AsyncIterator[bytes], admission: Admission | None, model: str,
+                              outcome: Outcome) -> AsyncIterator[bytes]:
         finished = False
         try:
             async for piece in body:
@@ -157,6 +171,17 @@ class Generation:
         finally:
             # not finished: the client went away (Starlette cancels us) or a read failed
             self._settle(rid, finished)
+            self._account(admission, model, rid, outcome)
+
+    def _account(self, admission: Admission | None, model: str, rid: str, outcome: Outcome) -> None:
+        """Usage into rate limits, budgets and the spend log; never delays the response."""
+        prompt, completion = outcome.tokens()
+        cost = self.svc.cost(model, prompt, completion)
+        pr = self.principal
+        if outcome.usage is not None and (pr.kind != "master" or pr.team_id or cost):
+            self.svc.spend.record(rid, pr.key_id, pr.team_id, pr.user_id, model, prompt, completion, cost)
+        if admission is not None:
+            self.svc.queue.run_soon(self.svc.limiter.settle(admission, prompt + completion, cost))
 
     def _settle(self, rid: str, delivered: bool) -> None:
         """After the response: drop the consumed output, or cancel the job whose output nobody will read."""

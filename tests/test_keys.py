@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, free_port, stop_processes, wait_http
-from gateway.db.migrate import migrate
+from gateway.db.migrate import discover, migrate
 
 MSG = [{"role": "user", "content": "hi there"}]
 
@@ -171,7 +171,7 @@ async def test_migrations_are_idempotent(stack) -> None:  # type: ignore[no-unty
     try:
         assert await migrate(conn) == []  # the gateway applied them at start-up
         versions = await conn.fetch("SELECT version FROM gatehouse_migrations ORDER BY version")
-        assert [r["version"] for r in versions] == [1]
+        assert [r["version"] for r in versions] == [m.version for m in discover()] == [1, 2]
     finally:
         await conn.close()
 

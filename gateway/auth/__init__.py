@@ -24,6 +24,7 @@ from starlette.requests import Request
 
 from gateway.errors import AuthenticationFailed
 from gateway.keys.cache import KeyCache
+from gateway.keys.store import parse_duration
 from gateway.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -46,6 +47,8 @@ class Principal:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    max_budget: float | None = None
+    budget_period_s: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def may_use(self, model: str) -> bool:
@@ -100,7 +103,12 @@ class Authenticator:
                          models=frozenset(record.models) if record.models is not None else None,
                          key_id=record.key_id, user_id=record.user_id, team_id=record.team_id,
                          rpm_limit=record.rpm_limit, tpm_limit=record.tpm_limit,
-                         max_parallel_requests=record.max_parallel_requests, metadata=record.metadata)
+                         max_parallel_requests=record.max_parallel_requests, max_budget=record.max_budget,
+                         budget_period_s=_seconds(record.budget_duration), metadata=record.metadata)
+
+
+def _seconds(duration: str | None) -> int | None:
+    return int(parse_duration(duration).total_seconds()) if duration else None
 
 
 def _basic_pair(value: str) -> KeyCredential | None:

@@ -1,11 +1,11 @@
-"""JWT bearer tokens: HS256 with a shared secret, RS256/ES256 with keys from the IdP's JWKS URL. ``jwt.decode``
-only ever gets the one algorithm the chosen key is for (no ``none``, no alg confusion). Error messages say
-what is wrong and never contain the token, any part of it, or the secret."""
+"""JWT bearer tokens: HS256 with a shared secret, RS256/ES256 with keys from the IdP's JWKS URL.
+
+``jwt.decode`` only ever gets the one algorithm the chosen key is for (no ``none``, no alg confusion).
+Error messages say what is wrong and never contain the token, any part of it, or the secret."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
 import aiohttp
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -26,17 +27,23 @@ log = logging.getLogger("gatehouse.auth")
 KTY_FOR_ALG: Mapping[str, str] = MappingProxyType({"RS256": "RSA", "ES256": "EC"})
 _PUBLIC_MEMBERS = MappingProxyType({"RSA": ("kty", "kid", "n", "e"), "EC": ("kty", "kid", "crv", "x", "y")})
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_LIST_SEP = re.compile(r"[\s,]+")
 MAX_TOKEN_CHARS = 16_384
 MAX_JWKS_BYTES = 1 << 20
-# pyjwt exception -> client message, most specific first (several are subclasses of DecodeError)
+# pyjwt exception -> client message, most specific first (several subclass DecodeError)
 _MESSAGES: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ExpiredSignatureError, "token has expired"), (jwt.ImmatureSignatureError, "token is not yet valid"),
-    (jwt.InvalidSignatureError, "token signature is invalid"),
-    (jwt.InvalidIssuerError, "token issuer is not accepted"),
+    (jwt.InvalidSignatureError, "token signature is invalid"), (jwt.DecodeError, "token is malformed"),
+    (jwt.InvalidIssuerError, "token issuer is not accepted"), (jwt.InvalidKeyError, "token key is unusable"),
     (jwt.InvalidAudienceError, "token audience is not accepted"),
-    (jwt.InvalidIssuedAtError, "token issued-at time is invalid"),
-    (jwt.InvalidAlgorithmError, "unsupported token algorithm"),
-    (jwt.InvalidKeyError, "token signing key is not acceptable"), (jwt.DecodeError, "token is malformed"))
+    (jwt.InvalidAlgorithmError, "unsupported token algorithm"))
+# claim kind -> (does a present value qualify, what the error says when it does not)
+_CLAIM_KINDS: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType({
+    "any": (lambda v: True, "is invalid"),
+    "text": (lambda v: isinstance(v, str) or type(v) is int, "must be a string"),
+    "count": (lambda v: type(v) is int and v >= 0, "must be a non-negative integer"),
+    "names": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+              "must be a list of model names")})
 
 
 def _fail(message: str) -> AuthenticationFailed:
@@ -49,21 +56,21 @@ class ClaimMapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user: list[str] = Field(default_factory=lambda: ["sub", "user", "email"], min_length=1)
+    user: list[str] = Field(default_factory=lambda: ["sub", "user", "email"], min_length=1)  # first wins
     team: str = "team_id"
-    models: str = "models"
+    models: str = "models"  # a list of model names, or one space/comma separated string
     rpm_limit: str = "rpm_limit"
     tpm_limit: str = "tpm_limit"
     max_parallel_requests: str = "max_parallel_requests"
-    admin: str | None = None
+    admin: str | None = None  # admin if this claim is true or holds admin_value (list or string)
     admin_value: str = "gatehouse-admin"
 
 
 class JwtSettings(BaseModel):
-    """JWT config. ``issuer``/``audience`` describe the IdP: with ``jwks_url`` set they are checked on RS256/ES256
-    tokens only (the shared-secret service's HS256 tokens carry no iss/aud); without it, on HS256 tokens."""
+    """JWT config. ``issuer``/``audience`` describe the IdP: with ``jwks_url`` set they are checked on
+    RS256/ES256 tokens only (the shared-secret service's HS256 tokens carry no iss/aud); else on HS256."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never echo the secret
 
     hs256_secret: SecretStr | None = None
     jwks_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+")
@@ -71,7 +78,7 @@ class JwtSettings(BaseModel):
     audience: str | list[str] | None = None
     leeway_s: float = Field(30, ge=0, le=300)
     jwks_cache_ttl_s: float = Field(300, gt=0)
-    jwks_min_refresh_interval_s: float = Field(10, ge=0)
+    jwks_min_refresh_interval_s: float = Field(10, ge=0)  # unknown kids: at most one fetch per interval
     jwks_timeout_s: float = Field(5, gt=0)
     required_claims: list[str] = Field(default_factory=lambda: ["exp"])
     claims: ClaimMapping = Field(default_factory=ClaimMapping)
@@ -90,7 +97,8 @@ class JwtSettings(BaseModel):
 
 @dataclass(frozen=True)
 class JwtIdentity:
-    """Who a verified token says the caller is. ``models`` is None when the token does not restrict models."""
+    """Who a verified token says the caller is. ``models`` is None when the token does not restrict models;
+    ``claims`` (all, read-only) is kept for later use and left out of ``repr`` so it is never logged."""
 
     subject: str
     team_id: str | None
@@ -101,49 +109,46 @@ class JwtIdentity:
     is_admin: bool
     issuer: str | None
     expires_at: float | None
-    claims: Mapping[str, Any] = field(repr=False, compare=False, hash=False)  # kept for later use; never logged
+    claims: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
 
 
 def _signing_key(jwk: Any) -> jwt.PyJWK | None:
     """The JWK as a verification key when it is an RSA or EC P-256 signing key, else None (skipped)."""
     if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig" or not isinstance(jwk.get("kid", ""), str):
         return None
-    kty = jwk.get("kty")
+    kty, ops = jwk.get("kty"), jwk.get("key_ops")
     alg = "RS256" if kty == "RSA" else "ES256" if kty == "EC" and jwk.get("crv") == "P-256" else None
-    ops = jwk.get("key_ops")
     if alg is None or jwk.get("alg", alg) != alg or (ops is not None and "verify" not in ops):
         return None
-    public = {k: jwk[k] for k in _PUBLIC_MEMBERS[kty] if k in jwk}  # never load private members
-    try:
-        return jwt.PyJWK(public, algorithm=alg)
+    try:  # load the public members only, whatever else the IdP publishes
+        return jwt.PyJWK({k: jwk[k] for k in _PUBLIC_MEMBERS[kty] if k in jwk}, algorithm=alg)
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
 
 
 class JwksCache:
-    """The IdP's signing keys: cached for ``ttl_s``, refreshed early when a token names an unknown kid (at most
-    once per ``min_refresh_interval_s``), one fetch at a time, and kept when the IdP cannot be reached."""
+    """The IdP's signing keys: cached for ``ttl_s``, refreshed early when a token names an unknown kid (at
+    most once per ``min_refresh_interval_s``), one fetch at a time, and kept when the IdP is unreachable."""
 
     def __init__(self, url: str, session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
                  ttl_s: float = 300, min_refresh_interval_s: float = 10, timeout_s: float = 5):
-        self._url = url
+        self._url, self._session_factory = url, session_factory
         self._log_url = str(URL(url).with_user(None).with_query(None))  # no credentials in logs
-        self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
-        self._ttl_s = ttl_s
-        self._min_interval_s = min_refresh_interval_s
+        self._ttl_s, self._min_interval_s = ttl_s, min_refresh_interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._keys: tuple[jwt.PyJWK, ...] = ()
         self._fetched_at: float | None = None  # monotonic time of the last successful fetch
-        self._attempted_at = float("-inf")  # monotonic time of the last fetch attempt
-        self._generation = 0  # bumped by every attempt: waiters on the lock skip their own fetch
+        self._attempted_at = float("-inf")  # monotonic time of the last attempt, successful or not
+        self._generation = 0  # bumped after each completed attempt: coroutines that waited on it skip theirs
         self._lock = asyncio.Lock()
 
     async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        """The key to verify an ``alg`` token naming ``kid``; without a kid, the JWKS's only signing key."""
+        """The key for an ``alg`` token naming ``kid``; without a kid, the JWKS's only signing key."""
         if alg not in KTY_FOR_ALG:
             raise _fail("unsupported token algorithm")
-        if self._expired() and self._may_attempt():
+        expired = self._fetched_at is None or time.monotonic() - self._fetched_at >= self._ttl_s
+        if expired and self._may_attempt():
             await self._refresh(self._generation)
         key = self._lookup(kid)
         if key is None and self._may_attempt():
@@ -156,6 +161,7 @@ class JwksCache:
         return key
 
     async def aclose(self) -> None:
+        """Close the HTTP session (a later fetch opens a new one)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -165,32 +171,28 @@ class JwksCache:
             return self._keys[0] if len(self._keys) == 1 else None
         return next((k for k in self._keys if k.key_id == kid), None)
 
-    def _expired(self) -> bool:
-        return self._fetched_at is None or time.monotonic() - self._fetched_at >= self._ttl_s
-
     def _may_attempt(self) -> bool:
-        return time.monotonic() - self._attempted_at >= self._min_interval_s
+        """A fetch is in flight (joining it costs nothing) or the last one is long enough ago."""
+        return self._lock.locked() or time.monotonic() - self._attempted_at >= self._min_interval_s
 
     async def _refresh(self, seen_generation: int) -> None:
         async with self._lock:
             if self._generation != seen_generation:
-                return  # someone refreshed while we waited
-            self._generation += 1
+                return  # another coroutine fetched while this one waited
             self._attempted_at = time.monotonic()
             try:
-                self._keys = await self._fetch()
-                self._fetched_at = time.monotonic()
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                self._keys, self._fetched_at = await self._fetch(), time.monotonic()
+            except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as e:
                 log.warning("JWKS fetch from %s failed (%s); keeping %d cached keys",
                             self._log_url, type(e).__name__, len(self._keys))
+            self._generation += 1  # not when cancelled: then the waiters fetch themselves
 
     async def _fetch(self) -> tuple[jwt.PyJWK, ...]:
         if self._session is None:
             self._session = self._session_factory()
+        body = bytearray()
         async with self._session.get(self._url, timeout=self._timeout) as resp:
-            if resp.status != 200:
-                raise ValueError(f"HTTP {resp.status}")
-            body = bytearray()
+            resp.raise_for_status()
             async for chunk in resp.content.iter_chunked(65_536):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
@@ -199,8 +201,8 @@ class JwksCache:
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
             raise ValueError("not a JWKS document")
         keys = tuple(k for k in map(_signing_key, doc["keys"]) if k is not None)
-        if not keys:
-            log.warning("JWKS at %s holds no RS256/ES256 signing keys", self._log_url)
+        log.log(logging.DEBUG if keys else logging.WARNING, "JWKS at %s: %d RS256/ES256 signing keys",
+                self._log_url, len(keys))
         return keys
 
 
@@ -210,28 +212,24 @@ class JwtVerifier:
     def __init__(self, settings: JwtSettings, jwks: JwksCache | None = None):
         self._settings = settings
         self._secret = settings.hs256_secret.get_secret_value().encode() if settings.hs256_secret else None
-        self._owns_jwks = jwks is None and settings.jwks_url is not None
-        if self._owns_jwks:
-            jwks = JwksCache(settings.jwks_url or "", ttl_s=settings.jwks_cache_ttl_s,
-                             min_refresh_interval_s=settings.jwks_min_refresh_interval_s,
-                             timeout_s=settings.jwks_timeout_s)
-        self._jwks = jwks if settings.jwks_url is not None else None
+        self._owned = None if jwks is not None or settings.jwks_url is None else JwksCache(
+            settings.jwks_url, ttl_s=settings.jwks_cache_ttl_s, timeout_s=settings.jwks_timeout_s,
+            min_refresh_interval_s=settings.jwks_min_refresh_interval_s)
+        self._jwks = (jwks or self._owned) if settings.jwks_url is not None else None  # RS/ES need jwks_url
         self._required = sorted(set(settings.required_claims) | {"exp"})
 
     @staticmethod
     def looks_like_jwt(token: str) -> bool:
-        """Cheap shape test (no verification): three base64url segments, the first a JSON object with ``alg``."""
+        """Cheap shape test, no verification: three base64url segments, the first a JSON object with alg."""
         if len(token) > MAX_TOKEN_CHARS or not _JWT_SHAPE.fullmatch(token):
             return False
-        segment = token.split(".", 1)[0]
         try:
-            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        except ValueError:
+            return "alg" in jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
             return False
-        return isinstance(header, dict) and "alg" in header
 
     async def verify(self, token: str) -> JwtIdentity:
-        """The identity in a valid token; ``AuthenticationFailed`` naming the problem otherwise."""
+        """The identity in a valid token; ``AuthenticationFailed`` saying what is wrong otherwise."""
         if len(token) > MAX_TOKEN_CHARS:
             raise _fail("token is too large")
         try:
@@ -239,12 +237,11 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise _fail("token is malformed") from None
         alg = header.get("alg")
-        key = await self._key(alg, header.get("kid"))
-        return self._identity(self._decode(token, key, alg))
+        return self._identity(self._decode(token, await self._key(alg, header.get("kid")), alg))
 
     async def aclose(self) -> None:
-        if self._owns_jwks and self._jwks is not None:
-            await self._jwks.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()
 
     async def _key(self, alg: Any, kid: str | None) -> bytes | jwt.PyJWK:
         if alg == "HS256" and self._secret is not None:
@@ -272,65 +269,32 @@ class JwtVerifier:
 
     def _identity(self, claims: dict[str, Any]) -> JwtIdentity:
         m = self._settings.claims
-        subject = next((v for v in (_scalar(_claim(claims, n), n) for n in m.user) if v), None)
+        subject = next((str(v) for n in m.user if (v := _claim(claims, n, "text")) not in (None, "")), None)
         if subject is None:
             raise _fail("token names no user")
-        exp, iss = claims.get("exp"), claims.get("iss")
+        team, models = _claim(claims, m.team, "text"), _claim(claims, m.models, "names")
+        admin = _claim(claims, m.admin) if m.admin else None
+        admin = _LIST_SEP.split(admin) if isinstance(admin, str) else admin
         return JwtIdentity(
-            subject=subject,
-            team_id=_scalar(_claim(claims, m.team), m.team),
-            models=_models(_claim(claims, m.models), m.models),
-            rpm_limit=_limit(_claim(claims, m.rpm_limit), m.rpm_limit),
-            tpm_limit=_limit(_claim(claims, m.tpm_limit), m.tpm_limit),
-            max_parallel_requests=_limit(_claim(claims, m.max_parallel_requests), m.max_parallel_requests),
-            is_admin=m.admin is not None and _is_admin(_claim(claims, m.admin), m.admin_value),
-            issuer=iss if isinstance(iss, str) else None,
-            expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
-            claims=MappingProxyType(claims),
-        )
+            subject=subject, team_id=None if team in (None, "") else str(team),
+            models=None if models is None else frozenset(
+                _LIST_SEP.split(models) if isinstance(models, str) else models) - {""},
+            rpm_limit=_claim(claims, m.rpm_limit, "count"), tpm_limit=_claim(claims, m.tpm_limit, "count"),
+            max_parallel_requests=_claim(claims, m.max_parallel_requests, "count"),
+            is_admin=admin is True or (isinstance(admin, list) and m.admin_value in admin),
+            issuer=claims["iss"] if isinstance(claims.get("iss"), str) else None,
+            expires_at=float(claims["exp"]), claims=MappingProxyType(claims))
 
 
-def _claim(claims: Mapping[str, Any], path: str) -> Any:
-    """The claim named ``path``: the literal key if present, else the dotted path into nested objects."""
-    if path in claims:
-        return claims[path]
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
+def _claim(claims: Mapping[str, Any], path: str, kind: str = "any") -> Any:
+    """The claim at ``path`` (the literal key if present, else a dotted path into nested objects), None when
+    absent; ``AuthenticationFailed`` when it is present but not of ``kind`` (a key of ``_CLAIM_KINDS``)."""
+    value: Any = claims.get(path)
+    if path not in claims:
+        value = claims
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    ok, problem = _CLAIM_KINDS[kind]
+    if value is not None and not ok(value):
+        raise _fail(f"token claim '{path}' {problem}")
     return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _scalar(value: Any, name: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) or _is_int(value):
-        return str(value)
-    raise _fail(f"token claim '{name}' is invalid")
-
-
-def _models(value: Any, name: str) -> frozenset[str] | None:
-    """Allowed models from a list of names or a space/comma separated string."""
-    if isinstance(value, str):
-        return frozenset(p for p in re.split(r"[\s,]+", value) if p)
-    if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        return None if value is None else frozenset(value)
-    raise _fail(f"token claim '{name}' is invalid")
-
-
-def _limit(value: Any, name: str) -> int | None:
-    if value is None or (_is_int(value) and value >= 0):
-        return value
-    raise _fail(f"token claim '{name}' must be a non-negative integer")
-
-
-def _is_admin(value: Any, admin_value: str) -> bool:
-    """True for the boolean ``true``, or a string/list holding ``admin_value`` (roles lists, scope strings)."""
-    if isinstance(value, str):
-        value = re.split(r"[\s,]+", value)
-    return value is True or (isinstance(value, list) and admin_value in value)
