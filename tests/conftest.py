@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fake_upstream import UpstreamThread  # noqa: E402
 
 MASTER_KEY = "sk-gh-test-master-key-0123456789"
+JWT_SECRET = "test-shared-secret-for-hs256-tokens-0123456789"
 
 
 def free_port() -> int:
@@ -90,6 +91,8 @@ def model_list(upstream_base: str) -> list[dict]:
         {"model_name": "chargpt", "litellm_params": {"model": "local/chargpt"}},
         entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"), entry("status-503", max_retries=1),
         entry("flaky-503"), entry("status-429", max_retries=0),
+        {"model_name": "priced", "litellm_params": {"model": "openai/fake", "api_base": upstream_base,
+                                                    "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",
                                                     "api_base": upstream_base.removesuffix("/v1"),
                                                     "api_key": "sk-ant-test", "max_tokens": 256}},
@@ -145,7 +148,9 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
     port = free_port()
     cfg = {"model_list": model_list(upstream.base_url),
            "gatehouse": {"port": port, "data_dir": str(tmp_root / "data"), "request_timeout_s": 30,
-                         "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2}}
+                         "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2,
+                         "teams": {"team-small": {"rpm_limit": 3}},
+                         "jwt": {"hs256_secret": JWT_SECRET}}}
     path = tmp_root / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,
@@ -161,6 +166,28 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
         stop_processes(procs)
         for log in sorted((tmp_root / "logs").glob("*.log")):  # shown by pytest when something failed
             sys.stderr.write(f"--- {log.name} (last lines) ---\n" + "".join(log.read_text().splitlines(True)[-30:]))
+
+
+@pytest.fixture(scope="session")
+def replica_url(stack: Stack) -> Iterator[str]:
+    """A second gateway process on the same Redis and PostgreSQL (as two replicas behind a load balancer)."""
+    port = free_port()
+    cfg = yaml.safe_load(stack.config_path.read_text())
+    cfg["gatehouse"]["port"] = port
+    path = stack.config_path.with_name("replica.yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": stack.database_url,
+           "GATEHOUSE_MASTER_KEY": stack.master_key}
+    env.pop("GATEHOUSE_PORT", None)
+    env.pop("GATEHOUSE_CONFIG", None)
+    out = (stack.logs / "replica.log").open("ab")
+    replica = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
+                               stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/live", procs=[replica])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_processes([replica])
 
 
 @pytest.fixture

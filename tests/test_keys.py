@@ -13,9 +13,7 @@ import asyncpg
 import httpx
 import openai
 import pytest
-import yaml
 
-from conftest import ROOT, free_port, stop_processes, wait_http
 from gateway.db.migrate import discover, migrate
 
 MSG = [{"role": "user", "content": "hi there"}]
@@ -137,33 +135,19 @@ def test_expired_key_is_rejected(stack) -> None:  # type: ignore[no-untyped-def]
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
 
-def test_revocation_reaches_every_replica_within_a_second(stack) -> None:  # type: ignore[no-untyped-def]
+def test_revocation_reaches_every_replica_within_a_second(stack, replica_url: str) -> None:  # type: ignore[no-untyped-def]
     """Two gateway processes share Redis and PostgreSQL; revoking through one stops the key on both."""
-    port = free_port()
-    cfg = yaml.safe_load(stack.config_path.read_text())
-    cfg["gatehouse"]["port"] = port
-    path = stack.config_path.with_name("replica.yaml")
-    path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": stack.database_url,
-           "GATEHOUSE_MASTER_KEY": stack.master_key}
-    env.pop("GATEHOUSE_PORT", None)
-    replica = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health/live", procs=[replica])
-        k = create_key(stack)
-        h = {"authorization": f"Bearer {k['key']}"}
-        for base in (stack.base_url, f"http://127.0.0.1:{port}"):  # both replicas have it cached now
-            assert httpx.get(base + "/v1/models", headers=h).status_code == 200
-        r = httpx.post(stack.base_url + "/key/delete", json={"keys": [k["key"]]}, headers=admin(stack))
-        assert r.json()["deleted_keys"] == [k["key_id"]]
-        revoked_at = time.time()
-        while httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=h).status_code == 200:
-            assert time.time() - revoked_at < 1.0, "the replica still accepts a revoked key after 1 s"
-            time.sleep(0.02)
-        assert httpx.get(stack.base_url + "/v1/models", headers=h).status_code == 401
-    finally:
-        stop_processes([replica])
+    k = create_key(stack)
+    h = {"authorization": f"Bearer {k['key']}"}
+    for base in (stack.base_url, replica_url):  # both replicas have it cached now
+        assert httpx.get(base + "/v1/models", headers=h).status_code == 200
+    r = httpx.post(stack.base_url + "/key/delete", json={"keys": [k["key"]]}, headers=admin(stack))
+    assert r.json()["deleted_keys"] == [k["key_id"]]
+    revoked_at = time.time()
+    while httpx.get(replica_url + "/v1/models", headers=h).status_code == 200:
+        assert time.time() - revoked_at < 1.0, "the replica still accepts a revoked key after 1 s"
+        time.sleep(0.02)
+    assert httpx.get(stack.base_url + "/v1/models", headers=h).status_code == 401
 
 
 async def test_migrations_are_idempotent(stack) -> None:  # type: ignore[no-untyped-def]
