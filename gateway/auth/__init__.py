@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +32,7 @@ NO_KEY = ("You didn't provide an API key. You need to provide your API key in an
           "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 BAD_KEY = "Incorrect API key provided. You can find your API keys in your Gatehouse admin."
 EXPIRED = "This API key has expired or was revoked."
+JWT_CACHE_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class Authenticator:
         self._master = master_key.encode()
         self.keys = keys
         self.jwt = jwt  # gateway.auth.jwt_auth.JwtVerifier when configured
+        # verified JWTs -> principal, until the token's own expiry: a signature check per request costs
+        # ~50 µs (HS256) to ~150 µs (RS256), a dict hit ~1 µs. Bounded; cleared wholesale when full.
+        self._jwt_seen: dict[str, tuple[float, Principal]] = {}
 
     async def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
@@ -87,8 +92,20 @@ class Authenticator:
         if cred is not None:
             return await self._virtual_key(cred)
         if allow_jwt and self.jwt is not None and self.jwt.looks_like_jwt(token):
-            return _from_jwt(await self.jwt.verify(token))
+            return await self._jwt(token)
         raise AuthenticationFailed(BAD_KEY)
+
+    async def _jwt(self, token: str) -> Principal:
+        seen = self._jwt_seen.get(token)
+        if seen is not None and seen[0] > time.time():
+            return seen[1]
+        identity = await self.jwt.verify(token)  # type: ignore[union-attr]
+        principal = _from_jwt(identity)
+        if identity.expires_at is not None:
+            if len(self._jwt_seen) >= JWT_CACHE_MAX:
+                self._jwt_seen.clear()
+            self._jwt_seen[token] = (identity.expires_at, principal)
+        return principal
 
     async def _virtual_key(self, cred: KeyCredential | None) -> Principal:
         if cred is None or self.keys is None:
