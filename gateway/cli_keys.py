@@ -112,3 +112,24 @@ def revoke(key: Annotated[list[str], typer.Argument(help="Key ids (ak-…) or ke
     with _client(base_url, admin_key) as c:
         res = _call(c, "POST", "/key/delete", json={"keys": key})
     out.print(f"revoked: {', '.join(res['deleted_keys']) or 'nothing (unknown or already revoked)'}")
+
+
+@keys_app.command("spend")
+def spend(key: Annotated[Optional[str], typer.Argument(help="Key id (ak-…) or key; default: every key.")] = None,
+          team: Annotated[Optional[str], typer.Option(help="Only this team.")] = None,
+          days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+          base_url: BaseUrl = None, admin_key: AdminKey = None) -> None:
+    """Spend per key, model and day."""
+    params: dict[str, Any] = {"days": days}
+    if key:
+        params["key"] = key
+    if team:
+        params["team_id"] = team
+    with _client(base_url, admin_key) as c:
+        res = _call(c, "GET", "/spend/daily", params=params)
+    t = Table("day", "key id", "team", "model", "requests", "prompt tok", "completion tok", "cost (USD)")
+    for r in res["data"]:
+        t.add_row(r["day"], r["key_id"] or "", r["team_id"] or "", r["model"], str(r["requests"]),
+                  str(r["prompt_tokens"]), str(r["completion_tokens"]), f"{r['cost']:.6f}")
+    out.print(t)
+    out.print(f"total: ${res['total_cost']:.6f}")

@@ -178,6 +178,9 @@ def test_keys_cli(stack) -> None:  # type: ignore[no-untyped-def]
     r = subprocess.run([*run, "info", key_id, "--base-url", stack.base_url], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0 and key_id in r.stdout
+    r = subprocess.run([*run, "spend", key_id, "--base-url", stack.base_url], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0 and "total: $" in r.stdout, r.stderr
 
 
 def test_no_credential_reaches_logs_or_error_messages(stack) -> None:  # type: ignore[no-untyped-def]

@@ -119,6 +119,14 @@ def test_budget_and_spend_log(stack) -> None:  # type: ignore[no-untyped-def]
     daily = asyncio.run(rows())
     assert len(daily) == 1 and daily[0]["requests"] == 2 and daily[0]["team_id"] == "team-budget"
     assert float(daily[0]["cost"]) == pytest.approx(0.038)
+    # the same through the API: an admin sees it by key or team; the key sees its own
+    by_team = httpx.get(stack.base_url + "/spend/daily", params={"team_id": "team-budget"}, headers=admin(stack))
+    assert by_team.json()["total_cost"] == pytest.approx(0.038)
+    own = httpx.get(stack.base_url + "/spend/daily", headers={"authorization": f"Bearer {k['key']}"}).json()
+    assert own["data"][0]["key_id"] == k["key_id"] and own["data"][0]["model"] == "priced"
+    other = httpx.get(stack.base_url + "/spend/daily", params={"team_id": "x"},
+                      headers={"authorization": f"Bearer {k['key']}"})
+    assert other.status_code == 403
 
 
 def test_team_limits_are_shared_by_its_keys(stack) -> None:  # type: ignore[no-untyped-def]

@@ -173,3 +173,29 @@ async def list_keys(request: Request, team_id: str | None = None, page: int = 1,
                                                         page=page, size=size)
     return _json({"keys": [_shown(r) if return_full_object else r.key_id for r in records],
                   "total_count": total, "current_page": page, "total_pages": max(1, math.ceil(total / size))})
+
+
+@router.get("/spend/daily")
+async def spend_daily(request: Request, key: str | None = None, team_id: str | None = None,
+                      days: int = 30) -> Response:
+    """Spend per key, team, model and day (admins: anyone's; a key: its own)."""
+    svc = services(request)
+    principal = await svc.auth.authenticate(request)
+    key_id = key_id_of(key) if key else None
+    if not principal.is_admin:
+        if principal.key_id is None or (key_id not in (None, principal.key_id)) or team_id is not None:
+            raise PermissionDenied("A key may only look at its own spend.", code="admin_only")
+        key_id = principal.key_id
+    if not 1 <= days <= 366:
+        raise InvalidRequest("days must be between 1 and 366.", param="days")
+    pool = await svc.database()
+    if pool is None:
+        await svc.key_store()  # raises the 503
+    await svc.spend.flush()  # include what this replica has not written yet
+    rows = await pool.fetch(  # type: ignore[union-attr]
+        "SELECT day, key_id, team_id, model, requests, prompt_tokens, completion_tokens, cost FROM spend_daily "
+        "WHERE day >= date_trunc('day', now()) - make_interval(days => $1 - 1) "
+        "AND ($2::text IS NULL OR key_id = $2) AND ($3::text IS NULL OR team_id = $3) ORDER BY day, key_id, model",
+        days, key_id, team_id)
+    data = [{**dict(r), "day": r["day"].date().isoformat(), "cost": float(r["cost"])} for r in rows]
+    return _json({"object": "list", "data": data, "total_cost": round(sum(d["cost"] for d in data), 8)})
