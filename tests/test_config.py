@@ -98,3 +98,9 @@ def test_cli_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "config error" in r.stderr and "gatehouse.port" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEHOUSE_PORT", raising=False)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "gatehouse.example.yaml")
+    assert "chargpt" in cfg.models() and cfg.settings.port == 8000

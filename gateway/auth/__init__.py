@@ -91,7 +91,7 @@ class Authenticator:
         cred = parse_bearer(token)
         if cred is not None:
             return await self._virtual_key(cred)
-        if allow_jwt and self.jwt is not None and self.jwt.looks_like_jwt(token):
+        if allow_jwt and self.jwt is not None and (token in self._jwt_seen or self.jwt.looks_like_jwt(token)):
             return await self._jwt(token)
         raise AuthenticationFailed(BAD_KEY)
 
