@@ -40,12 +40,17 @@ class FakeUpstream:
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/messages", self.anthropic_messages)
+        self.jwks: dict[str, Any] = {"keys": []}  # an identity provider's signing keys, for JWT tests
+        self.app.router.add_get("/.well-known/jwks.json", self.jwks_document)
         self.app.router.add_get("/_last", self.last_body)
         self.app.router.add_get("/_stats", self.stats)
 
     async def models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
                                                               "owned_by": "fake"}]})
+
+    async def jwks_document(self, _: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.jwks), content_type="application/json")
 
     async def last_body(self, _: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"body": self.last, "headers": self.last_headers}),

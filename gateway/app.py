@@ -36,7 +36,9 @@ def create_app(config: Config, master_key: str) -> FastAPI:
         finally:
             await app.state.services.aclose()
 
-    app = FastAPI(title="Gatehouse", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    docs = config.settings.expose_docs  # every route but the health probes needs a credential: docs are opt-in
+    app = FastAPI(title="Gatehouse", version="0.1.0", lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.include_router(openai.router)
     app.include_router(generate.router)
     app.include_router(health.router)

@@ -110,6 +110,7 @@ class GatehouseSettings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = Field(default="text", pattern=r"^(text|json)$")
     access_log: bool = True
+    expose_docs: bool = False  # /docs and /openapi.json (unauthenticated, so off by default)
     teams: dict[str, TeamLimits] = Field(default_factory=dict)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
 

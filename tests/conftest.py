@@ -75,11 +75,41 @@ def database_url(tmp_root: Path) -> Iterator[str]:
     server.cleanup()
 
 
+@dataclass
+class IdP:
+    """An identity provider: an RSA signing key whose public half the fake upstream serves as a JWKS."""
+
+    private_key: object
+    kid: str
+    issuer: str = "https://idp.test/"
+    audience: str = "gatehouse"
+
+    def token(self, **claims: object) -> str:
+        import jwt
+
+        now = int(time.time())
+        return jwt.encode({"iss": self.issuer, "aud": self.audience, "iat": now, "exp": now + 300, **claims},
+                          self.private_key, algorithm="RS256", headers={"kid": self.kid})  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[UpstreamThread]:
     up = UpstreamThread(free_port()).start()
     yield up
     up.stop()
+
+
+@pytest.fixture(scope="session")
+def idp(upstream: UpstreamThread) -> IdP:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    upstream.fake.jwks = {"keys": [{**jwk, "kid": "idp-key-1", "use": "sig", "alg": "RS256"}]}
+    return IdP(key, "idp-key-1")
 
 
 def model_list(upstream_base: str) -> list[dict]:
@@ -144,13 +174,15 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread) -> Iterator[Stack]:
+def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread, idp: IdP) -> Iterator[Stack]:
     port = free_port()
     cfg = {"model_list": model_list(upstream.base_url),
            "gatehouse": {"port": port, "data_dir": str(tmp_root / "data"), "request_timeout_s": 30,
                          "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2,
                          "teams": {"team-small": {"rpm_limit": 3}},
-                         "jwt": {"hs256_secret": JWT_SECRET}}}
+                         "jwt": {"hs256_secret": JWT_SECRET, "issuer": idp.issuer, "audience": idp.audience,
+                                 "jwks_url": upstream.base_url.removesuffix("/v1") + "/.well-known/jwks.json",
+                                 "claims": {"admin": "roles"}}}}
     path = tmp_root / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,

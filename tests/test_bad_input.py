@@ -75,6 +75,8 @@ def test_absurd_max_tokens_names_the_parameter(stack) -> None:  # type: ignore[n
 
 def test_unknown_route_and_method(stack) -> None:  # type: ignore[no-untyped-def]
     _assert_openai_error(httpx.get(stack.base_url + "/v1/nothing"), 404, "not_found")
+    for path in ("/docs", "/openapi.json"):  # nothing but the health probes answers without a credential
+        _assert_openai_error(httpx.get(stack.base_url + path), 404, "not_found")
     _assert_openai_error(httpx.get(stack.base_url + "/v1/chat/completions"), 405, "method_not_allowed")
 
 

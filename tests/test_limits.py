@@ -156,3 +156,20 @@ def test_jwt_identities_through_the_gateway(stack) -> None:  # type: ignore[no-u
     forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, "another-secret-of-sufficient-length-123",
                         algorithm="HS256")
     assert chat(stack.base_url, forged).status_code == 401
+
+
+def test_rs256_tokens_from_the_idp_jwks(stack, idp) -> None:  # type: ignore[no-untyped-def]
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=idp.token(sub="frank", team_id="team-idp"),
+                           max_retries=0)
+    assert client.chat.completions.create(model="echo", messages=MSG).choices[0].message.content == "hi"
+    wrong_aud = jwt.encode({"sub": "x", "iss": idp.issuer, "aud": "someone-else", "exp": int(time.time()) + 60},
+                           idp.private_key, algorithm="RS256", headers={"kid": idp.kid})
+    r = chat(stack.base_url, wrong_aud)
+    assert r.status_code == 401 and "audience" in r.json()["error"]["message"]
+    # an IdP role makes an admin: it may create keys
+    admin_token = idp.token(sub="lead", roles=["gatehouse-admin"])
+    r = httpx.post(stack.base_url + "/key/generate", json={"key_alias": "from-idp-admin"},
+                   headers={"authorization": f"Bearer {admin_token}"})
+    assert r.status_code == 200, r.text
+    r = httpx.post(stack.base_url + "/key/generate", json={}, headers={"authorization": f"Bearer {idp.token(sub='x')}"})
+    assert r.status_code == 403
