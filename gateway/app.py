@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.config import Config
 from gateway.context import RequestContextMiddleware, request_id
-from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, render
+from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
 from gateway.routes import generate, health, keys, openai
 from gateway.services import build_services
 
@@ -63,6 +65,13 @@ def create_app(config: Config, master_key: str) -> FastAPI:
         else:
             err = GatewayError(str(exc.detail), status=exc.status_code, type_="invalid_request_error")
         return render(err)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> Response:
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return render(ServiceUnavailable("The gateway's queue is not reachable; retry shortly.",
+                                         headers={"retry-after": "1"}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -54,6 +54,7 @@ class Services:
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         p_in, p_out = self.prices.get(model, (0.0, 0.0))
         return prompt_tokens * p_in + completion_tokens * p_out
+
     async def database(self) -> asyncpg.Pool | None:
         """The PostgreSQL pool, (re)trying to open it (and migrate) if start-up could not."""
         if self.db is None and self.config.settings.database_url:

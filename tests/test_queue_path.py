@@ -142,3 +142,32 @@ async def test_consumed_output_streams_are_deleted(stack) -> None:  # type: igno
     await asyncio.sleep(0.6)
     assert await redis.exists(*keys) == 0
     await redis.aclose()
+
+
+def test_redis_down_gives_503_not_500(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
+    """A gateway whose Redis is unreachable answers 503 with an OpenAI body (and says not ready)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, free_port, stop_processes, wait_http
+
+    port = free_port()
+    path = tmp_path / "down.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [{"model_name": "echo", "litellm_params": {
+        "model": "openai/echo", "api_base": stack.upstream.base_url}}], "gatehouse": {"port": port}}))
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "GATEHOUSE_MASTER_KEY": stack.master_key}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/live", procs=[proc])
+        assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 503
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=_auth(stack),
+                       json={"model": "echo", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
+    finally:
+        stop_processes([proc])

@@ -16,9 +16,11 @@ import base64
 import logging
 import time
 
+import asyncpg
 import orjson
 from redis.asyncio import Redis
 
+from gateway.errors import ServiceUnavailable
 from gateway.keys.store import KeyRecord, KeyStore
 
 log = logging.getLogger("gatehouse.keys")
@@ -28,6 +30,7 @@ REDIS_TTL_S = 60
 REDIS_PREFIX = "gatehouse:vkey:"
 INVALIDATE_CHANNEL = "gatehouse:vkey:invalidate"
 _MISS = b"-"
+DB_DOWN = "The key database is not reachable; try again shortly."
 
 Entry = tuple[KeyRecord, bytes] | None
 
@@ -70,8 +73,11 @@ class KeyCache:
 
     async def _from_db(self, key_id: str) -> Entry:
         if self.store is None:
-            return None
-        found = await self.store.get(key_id)
+            raise ServiceUnavailable(DB_DOWN, code="database_unavailable")
+        try:
+            found = await self.store.get(key_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise ServiceUnavailable(DB_DOWN, code="database_unavailable") from e
         if found is None:
             await self.redis.set(REDIS_PREFIX + key_id, _MISS, ex=REDIS_TTL_S)
             return None
