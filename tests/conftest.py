@@ -222,6 +222,19 @@ def replica_url(stack: Stack) -> Iterator[str]:
         stop_processes([replica])
 
 
+def admin(stack: Stack) -> dict[str, str]:
+    return {"authorization": f"Bearer {stack.master_key}"}
+
+
+def create_key(stack: Stack, **fields: object) -> dict:
+    """A virtual key made through the admin API (the response, secret included)."""
+    import httpx
+
+    r = httpx.post(stack.base_url + "/key/generate", json=fields, headers=admin(stack))
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
     return stack.client()

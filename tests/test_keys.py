@@ -14,19 +14,12 @@ import httpx
 import openai
 import pytest
 
+from conftest import admin, create_key
 from gateway.db.migrate import discover, migrate
 
+
+
 MSG = [{"role": "user", "content": "hi there"}]
-
-
-def admin(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"authorization": f"Bearer {stack.master_key}"}
-
-
-def create_key(stack, **fields) -> dict:  # type: ignore[no-untyped-def]
-    r = httpx.post(stack.base_url + "/key/generate", json=fields, headers=admin(stack))
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def sdk(stack, key: str) -> openai.OpenAI:  # type: ignore[no-untyped-def]

@@ -11,19 +11,11 @@ import jwt
 import openai
 import pytest
 
-from conftest import JWT_SECRET
+from conftest import JWT_SECRET, admin, create_key
+
+
 
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def admin(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"authorization": f"Bearer {stack.master_key}"}
-
-
-def create_key(stack, **fields) -> dict:  # type: ignore[no-untyped-def]
-    r = httpx.post(stack.base_url + "/key/generate", json=fields, headers=admin(stack))
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def chat(base: str, key: str, model: str = "echo", **extra) -> httpx.Response:  # type: ignore[no-untyped-def]
