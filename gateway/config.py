@@ -86,6 +86,16 @@ class TeamLimits(BaseModel):
     budget_duration: str | None = Field(default=None, pattern=r"^\s*\d+\s*[smhdw]\s*$")
 
 
+class ModalSettings(BaseModel):
+    """Where the registry's vLLM apps are deployed; with a workspace set, every registry model is served as
+    ``<name>-local`` (gpu_apps/registry.py) in addition to ``model_list``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workspace: str | None = Field(default=None, pattern=r"^[a-z0-9\-]+$")
+    environment: str | None = None
+
+
 class GatehouseSettings(BaseSettings):
     """Gatehouse's own knobs (the ``gatehouse:`` section of the file)."""
 
@@ -113,6 +123,7 @@ class GatehouseSettings(BaseSettings):
     expose_docs: bool = False  # /docs and /openapi.json (unauthenticated, so off by default)
     teams: dict[str, TeamLimits] = Field(default_factory=dict)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
+    modal: ModalSettings = Field(default_factory=ModalSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -230,6 +241,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             gh = GatehouseSettings(**section)
         except ValidationError as e:
             raise ConfigError(where + _format_validation_error(e, "gatehouse.")) from e
+        if gh.modal.workspace:
+            from gpu_apps.registry import model_list_entries
+
+            registry = _resolve_env_refs(model_list_entries(gh.modal.workspace, gh.modal.environment),
+                                         "gatehouse.modal (registry)")
+            raw["model_list"] = [*(raw.get("model_list") or [e.model_dump() for e in DEFAULT_MODEL_LIST]),
+                                 *registry]
         cfg = Config(**raw, gatehouse=gh, source=str(file) if file else None)
     except ValidationError as e:
         raise ConfigError(where + _format_validation_error(e)) from e

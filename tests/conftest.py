@@ -126,6 +126,7 @@ def model_list(upstream_base: str) -> list[dict]:
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",
                                                     "api_base": upstream_base.removesuffix("/v1"),
                                                     "api_key": "sk-ant-test", "max_tokens": 256}},
+        {"model_name": "echo-local", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base}},
         {"model_name": "vllm-echo", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
                                                        "extra_headers": {"Modal-Key": "mk", "Modal-Secret": "ms"}}},
     ]

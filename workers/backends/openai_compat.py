@@ -30,6 +30,10 @@ DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.gro
 _CALL_KEYS = {"model", "api_base", "api_key", "timeout", "max_retries", "extra_headers", "headers", "rpm", "tpm",
               "stream_timeout", "organization", "api_version", "input_cost_per_token", "output_cost_per_token"}
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# Models named "*-local" (self-hosted vLLM) default to these unless the request sets them: a low temperature and
+# automatic tool choice make tool calling reliable on open models (the seed deployments' convention).
+LOCAL_SUFFIX = "-local"
+LOCAL_DEFAULTS = {"temperature": 0.3, "tool_choice": "auto"}
 
 
 def new_session(limit: int = 1024) -> aiohttp.ClientSession:
@@ -60,9 +64,13 @@ class OpenAICompatibleBackend(Backend):
         for key in ("extra_headers", "headers"):
             self.headers.update({str(k): str(v) for k, v in (extras.get(key) or {}).items()})
         self.defaults = {k: v for k, v in extras.items() if k not in _CALL_KEYS}
+        if entry.model_name.endswith(LOCAL_SUFFIX):
+            self.defaults = {**LOCAL_DEFAULTS, **self.defaults}
 
     def _request(self, job: JobSpec, stream: bool) -> tuple[str, bytes]:
         body = {**self.defaults, **job.body, "model": self.upstream_model}
+        if "tools" not in body:
+            body.pop("tool_choice", None)  # a tool_choice without tools is an error for OpenAI-compatible servers
         if stream:
             body["stream"] = True
             # always ask for usage: the gateway needs it (metrics, spend) even if the client did not
