@@ -9,6 +9,7 @@ production client code talks to it unchanged. Behaviour is chosen by the request
     flaky-NNN       answers HTTP NNN to the first attempt of each distinct body, then succeeds
     slow            waits ``delay`` seconds (body field, default 0.2) before each chunk
     broken-stream   streams two chunks, then an error event (as OpenAI does when a stream fails midway)
+    cold-S          answers 503 for S seconds after its first request (a scale-from-zero app starting up)
 
 ``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
 ``GET /_stats`` counts requests. Run alone: ``python -m bench.fake_upstream --port 9100``.
@@ -35,6 +36,7 @@ class FakeUpstream:
         self.last_headers: dict[str, str] = {}
         self.requests = 0
         self.failed_once: set[str] = set()
+        self.first_seen: dict[str, float] = {}
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
@@ -98,7 +100,9 @@ class FakeUpstream:
                 choice["text"] = "".join(words)
             return web.Response(body=orjson.dumps({
                 "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake"}),
+                "model": model, "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake",
+                **({"quantum_diagnostics": {"total_entropy_consumed": 4, "entropy_source": "qrng"}}
+                   if "quantum_profile" in body else {})}),
                 content_type="application/json")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await resp.prepare(request)
@@ -168,6 +172,9 @@ class FakeUpstream:
     def _failure(self, model: str, raw: bytes) -> int | None:
         if model.startswith("status-"):
             return int(model.split("-", 1)[1])
+        if model.startswith("cold-"):
+            first = self.first_seen.setdefault(model, time.monotonic())
+            return 503 if time.monotonic() - first < float(model.split("-", 1)[1]) else None
         if model.startswith("flaky-"):
             key = hashlib.sha1(raw).hexdigest()
             if key not in self.failed_once:

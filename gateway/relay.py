@@ -139,7 +139,9 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: 
         if k == "result":
             d = ev["d"]
             outcome.usage = d.get("usage")
-            return shape.whole(d.get("choices", []), d.get("usage"), d.get("system_fingerprint"))
+            whole = shape.whole(d.get("choices", []), d.get("usage"), d.get("system_fingerprint"))
+            extra = {key: v for key, v in d.items() if key not in whole}  # vendor fields, e.g. quantum_diagnostics
+            return {**whole, **extra} if extra else whole
         if k == "error":
             raise from_event(ev)
         d = ev["d"]

@@ -120,7 +120,8 @@ def model_list(upstream_base: str) -> list[dict]:
     return [
         {"model_name": "chargpt", "litellm_params": {"model": "local/chargpt"}},
         entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"), entry("status-503", max_retries=1),
-        entry("flaky-503"), entry("status-429", max_retries=0),
+        entry("flaky-503"), entry("status-429", max_retries=0), entry("cold-1.5", cold_start_retry=True, max_retries=0),
+        entry("status-502", cold_start_retry=True),
         {"model_name": "priced", "litellm_params": {"model": "openai/fake", "api_base": upstream_base,
                                                     "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",

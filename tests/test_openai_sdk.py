@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -95,6 +96,13 @@ def test_extra_fields_and_params_reach_the_upstream(client: openai.OpenAI, stack
     assert headers["modal-key"] == "mk" and headers["modal-secret"] == "ms"
 
 
+def test_vendor_fields_in_the_answer_pass_through(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"quantum_profile": "chaos"})
+    assert r.model_extra["quantum_diagnostics"] == {"total_entropy_consumed": 4, "entropy_source": "qrng"}
+    assert r.id.startswith("chatcmpl-") and r.model == "echo"  # the gateway's envelope, not the upstream's
+
+
 def test_upstream_key_is_sent_and_never_leaks(client: openai.OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
     client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
     last = httpx.get(stack.upstream.base_url.replace("/v1", "") + "/_last").json()
@@ -157,3 +165,19 @@ async def test_async_client_and_20_concurrent_streams(aclient: openai.AsyncOpenA
     assert results == [f"stream number {i}" for i in range(20)]
     r = await aclient.chat.completions.create(model="echo", messages=[{"role": "user", "content": "async"}])
     assert r.choices[0].message.content == "async"
+
+
+def test_cold_start_waits_instead_of_failing(client: openai.OpenAI) -> None:
+    """A scale-from-zero upstream answers 503 while it starts: the job waits (backoff) and then succeeds."""
+    t0 = time.time()
+    r = client.chat.completions.create(model="cold-1.5", messages=[{"role": "user", "content": "x"}])
+    assert r.choices[0].message.content == CANNED
+    assert time.time() - t0 >= 1.4  # it really waited for the upstream to come up
+
+
+def test_cold_start_retries_end_at_the_deadline(stack) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.time()
+    r = httpx.post(stack.base_url + "/v1/chat/completions",
+                   headers={"authorization": f"Bearer {stack.master_key}", "x-stainless-read-timeout": "1.5"},
+                   json={"model": "status-502", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    assert r.status_code in (502, 504) and time.time() - t0 < 3.5

@@ -6,6 +6,10 @@ for the upstream name, so vendor extensions pass through untouched.
 
 Retries: connection errors, 408/409/429 and 5xx are retried with exponential backoff (honouring the
 upstream's ``retry-after``) while no output has reached the client and the request's deadline allows.
+Cold starts: an app that scales to zero (Modal) answers 502/503/504 or refuses connections while a container
+starts; for such upstreams (``*.modal.run``, or ``cold_start_retry: true`` in ``litellm_params``) those answers
+are retried until the request's deadline instead of ``max_retries`` times — the job waits, the client
+does not see the cold start as an error.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.gro
                  "deepinfra": "https://api.deepinfra.com/v1/openai", "together_ai": "https://api.together.xyz/v1"}
 # litellm_params keys that configure the call rather than being request defaults
 _CALL_KEYS = {"model", "api_base", "api_key", "timeout", "max_retries", "extra_headers", "headers", "rpm", "tpm",
+              "cold_start_retry",
               "stream_timeout", "organization", "api_version", "input_cost_per_token", "output_cost_per_token"}
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_ENVELOPE = ("id", "object", "created", "model")
+COLD_START_STATUS = {502, 503, 504}  # what a scaling-from-zero app answers while its container starts
+COLD_START_MAX_DELAY_S = 5.0
 # Models named "*-local" (self-hosted vLLM) default to these unless the request sets them: a low temperature and
 # automatic tool choice make tool calling reliable on open models (the seed deployments' convention).
 LOCAL_SUFFIX = "-local"
@@ -56,6 +64,7 @@ class OpenAICompatibleBackend(Backend):
         self.upstream_model = lp.upstream_model
         self.session = session
         self.retries = lp.max_retries if lp.max_retries is not None else retries
+        self.cold_start = bool(lp.extra_params().get("cold_start_retry", ".modal.run" in self.base))
         self.timeout_s = lp.timeout or timeout_s
         self.headers = {"content-type": "application/json", "accept": "application/json"}
         if lp.api_key is not None and lp.api_key.get_secret_value():
@@ -103,16 +112,17 @@ class OpenAICompatibleBackend(Backend):
                     return resp
                 err = await _error_from(resp)
             attempt += 1
-            if not err.retryable or attempt > self.retries:
+            cold = self.cold_start and (err.status in COLD_START_STATUS or err.code == "upstream_unreachable")
+            if not err.retryable or (attempt > self.retries and not cold):
                 raise err
-            delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            delay = min(COLD_START_MAX_DELAY_S if cold else 8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
             retry_after = getattr(err, "retry_after", None)
             if retry_after is not None:
                 delay = max(delay, retry_after)
             if delay >= job.remaining():
                 raise err
-            log.info("upstream %s answered %d; retry %d/%d in %.2fs", self.base, err.status, attempt,
-                     self.retries, delay)
+            log.info("upstream %s answered %d; %s %d in %.2fs", self.base, err.status,
+                     "cold start, waiting: try" if cold else "retry", attempt, delay)
             await asyncio.sleep(delay)
 
     async def complete(self, job: JobSpec) -> dict[str, Any]:
@@ -124,7 +134,8 @@ class OpenAICompatibleBackend(Backend):
             out = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise BackendError(502, "The upstream model returned a body that is not JSON.") from e
-        return {k: out[k] for k in ("choices", "usage", "system_fingerprint") if k in out}
+        # everything but the envelope the gateway rewrites: vendor fields (e.g. qgpt's quantum_diagnostics) pass
+        return {k: v for k, v in out.items() if k not in _ENVELOPE}
 
     async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
         url, data = self._request(job, stream=True)
