@@ -44,12 +44,24 @@ class FakeUpstream:
         self.app.router.add_post("/v1/messages", self.anthropic_messages)
         self.jwks: dict[str, Any] = {"keys": []}  # an identity provider's signing keys, for JWT tests
         self.app.router.add_get("/.well-known/jwks.json", self.jwks_document)
+        self.qrng_requests = 0  # Quantum Blockchains' QRNG API, for the qgpt tests
+        self.app.router.add_get("/{api_key}/qbck/block/hex", self.qrng_block)
         self.app.router.add_get("/_last", self.last_body)
         self.app.router.add_get("/_stats", self.stats)
 
     async def models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
                                                               "owned_by": "fake"}]})
+
+    async def qrng_block(self, request: web.Request) -> web.Response:
+        """``GET /{API_KEY}/qbck/block/hex?size=N&length=L`` -> N hex strings of L random bytes each."""
+        import secrets
+
+        self.qrng_requests += 1
+        if request.match_info["api_key"] != "qrng-test-key":
+            return web.json_response({"data": None, "error": "invalid api key"})  # errors come with HTTP 200
+        size, length = int(request.query.get("size", "1")), int(request.query.get("length", "256"))
+        return web.json_response({"data": {"result": [secrets.token_hex(length) for _ in range(size)]}, "error": "OK"})
 
     async def jwks_document(self, _: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.jwks), content_type="application/json")

@@ -71,7 +71,11 @@ class ModelEntry(BaseModel):
         return "litellm"
 
 
-DEFAULT_MODEL_LIST = [ModelEntry(model_name="chargpt", litellm_params=LiteLLMParams(model="local/chargpt"))]
+DEFAULT_MODEL_LIST = [
+    ModelEntry(model_name="chargpt", litellm_params=LiteLLMParams(model="local/chargpt")),
+    # the qgpt seed's quantum-steered sampling, on the local char-GPT (OS CSPRNG unless qrng_api_key is set)
+    ModelEntry(model_name="qgpt", litellm_params=LiteLLMParams(model="local/chargpt", quantum=True)),
+]
 
 
 class TeamLimits(BaseModel):

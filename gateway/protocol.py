@@ -103,6 +103,23 @@ class GenerateRequest(_Wire):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class QuantumGenerateRequest(_Wire):
+    """The qgpt seed's ``POST /generate {"prompt", "max_tokens", "temperature", "quantum_profile"}``."""
+
+    model: str = Field(default="qgpt", min_length=1)
+    prompt: str = Field(min_length=1, max_length=100_000)
+    max_tokens: int = Field(default=512, ge=1, le=8192)
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    quantum_profile: str = "medium"
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+def is_quantum_generate(body: dict[str, Any]) -> bool:
+    """Which seed's ``/generate`` this is: qgpt sends a prompt (and profile/max_tokens), char-GPT sends neither."""
+    return "quantum_profile" in body or ("prompt" in body and "num_chars" not in body and "max_tokens" in body)
+
+
 # ── response builders ────────────────────────────────────────────────────────────────────────────────
 def now() -> int:
     return int(time.time())

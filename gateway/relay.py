@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
 from workers import queue as q
 
 DONE = b"data: [DONE]\n\n"
+_CHUNK_KEYS = ("choices", "usage", "system_fingerprint")
 
 
 async def read_events(redis: Redis, request_id: str, deadline: float,
@@ -100,6 +101,7 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
                      outcome: Outcome) -> AsyncIterator[bytes]:
     """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``."""
     usage: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}  # vendor fields of the last chunk (e.g. quantum_diagnostics)
     try:
         async for ev in events:
             k = ev["k"]
@@ -107,6 +109,7 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
                 d = ev["d"]
                 if d.get("usage"):
                     usage = d["usage"]
+                extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
                 choices = d.get("choices")
                 if choices:
                     yield _sse(shape.chunk(choices, None, d.get("system_fingerprint")))
@@ -124,7 +127,9 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
         return
     outcome.usage = usage
     if include_usage and usage is not None:
-        yield _sse(shape.chunk([], usage))
+        yield _sse({**shape.chunk([], usage), **extra})
+    elif extra:
+        yield _sse({**shape.chunk([]), **extra})
     yield DONE
 
 

@@ -101,6 +101,18 @@ class Generation:
             gen.check_limits(req)
         return gen, body, req
 
+    @classmethod
+    async def accept_generate(cls, request: Request) -> tuple["Generation", dict[str, Any], Any]:
+        """``accept`` for the seeds' /generate: picks the form, returns its normalised body (with ``form``)."""
+        svc = services(request)
+        principal = await svc.auth.authenticate(request)
+        gen = cls(svc, principal)
+        raw = await read_json(request, gen.settings.max_body_bytes)
+        quantum = p.is_quantum_generate(raw)
+        req = parse(p.QuantumGenerateRequest if quantum else p.GenerateRequest, raw)
+        gen.check_model(req.model, principal)
+        return gen, {**req.model_dump(), "form": "qgpt" if quantum else "chargpt"}, req
+
     def check_model(self, name: str, principal: Principal) -> None:
         if name not in self.svc.models:
             raise ModelNotFound(name)

@@ -73,7 +73,9 @@ def test_defaults_serve_chargpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GATEHOUSE_CONFIG", raising=False)
     cfg = load_config()
-    assert list(cfg.models()) == ["chargpt"] and cfg.models()["chargpt"].backend == "local"
+    assert list(cfg.models()) == ["chargpt", "qgpt"]
+    assert all(e.backend == "local" for e in cfg.models().values())
+    assert cfg.models()["qgpt"].litellm_params.extra_params() == {"quantum": True}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,4 +1,6 @@
-"""The char-GPT seed's ``POST /generate {"seed", "temperature", "num_chars"}`` — through the queue too."""
+"""The seeds' ``POST /generate``, through the queue like everything else: the char-GPT form
+``{"seed", "temperature", "num_chars"}`` and the qgpt form ``{"prompt", "max_tokens", "temperature",
+"quantum_profile"}`` (told apart by their fields; each answers in its own seed's format)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,5 @@ router = APIRouter()
 
 @router.post("/generate")
 async def generate(request: Request) -> Response:
-    gen, _, req = await Generation.accept(request, p.GenerateRequest)
-    return await gen.run(request, "generate", req.model_dump(), req.model, stream=False, include_usage=False,
-                         id_prefix="gen-")
+    gen, body, req = await Generation.accept_generate(request)
+    return await gen.run(request, "generate", body, req.model, stream=False, include_usage=False, id_prefix="gen-")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import secrets
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from .model import CharGPT, GPTConfig, KVCache
 from .tokenizer import CharTokenizer
 
+LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent / "weights" / "chargpt.pt"
 
 #: Prompt used when the caller sends an empty one.
@@ -84,7 +85,8 @@ class CharGPTEngine:
         }
 
     def generate(self, prompt: str, max_new_tokens: int, *, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None, stop: list[str] | None = None) -> Generator[str, None, str]:
+                 seed: int | None = None, stop: list[str] | None = None,
+                 logits_processor: LogitsHook | None = None) -> Generator[str, None, str]:
         """Stream up to *max_new_tokens* characters continuing *prompt*.
 
         Yields text pieces.  The generator's return value (``StopIteration.value``)
@@ -100,11 +102,16 @@ class CharGPTEngine:
             top_p: nucleus sampling mass in ``(0, 1]``.
             seed: per-call RNG seed; ``None`` picks a random one.
             stop: strings that end generation when they appear in the output.
+            logits_processor: a transformers-style ``(input_ids, scores) -> scores`` hook applied to each
+                step's logits (shape ``(1, vocab)``) before sampling, e.g. qgpt's quantum processor. It owns
+                temperature and top-p then: sampling uses the processed logits as they are.
         """
         self._validate(max_new_tokens, temperature, top_p)
+        if logits_processor is not None and temperature > 0:
+            temperature, top_p = 1.0, 1.0  # the processor applied the request's own values
         stops = [s for s in (stop or []) if s]
         gen = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
-        return self._stream(prompt, max_new_tokens, temperature, top_p, gen, stops)
+        return self._stream(prompt, max_new_tokens, temperature, top_p, gen, stops, logits_processor)
 
     def generate_text(self, prompt: str, max_new_tokens: int, **kwargs: Any) -> tuple[str, str]:
         """Run :meth:`generate` to completion; return ``(text, finish_reason)``."""
@@ -127,13 +134,16 @@ class CharGPTEngine:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
     def _stream(self, prompt: str, max_new_tokens: int, temperature: float, top_p: float,
-                gen: torch.Generator, stops: Sequence[str]) -> Generator[str, None, str]:
+                gen: torch.Generator, stops: Sequence[str],
+                hook: LogitsHook | None = None) -> Generator[str, None, str]:
         """Sampling loop with incremental (KV-cached) decoding and stop-string hold-back."""
         block = self.model.config.block_size
         window = self.tokenizer.encode(prompt or EMPTY_PROMPT)[-block:]
         cache, logits = self._prefill(window)
         pending = ""  # generated text not yet emitted because it may start a stop string
         for step in range(max_new_tokens):
+            if hook is not None and temperature > 0:
+                logits = hook(torch.tensor([window], dtype=torch.long), logits[None, :])[0]
             token = self._sample(logits, temperature, top_p, gen)
             pending += self.tokenizer.decode([token])
             if stops:

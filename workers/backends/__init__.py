@@ -24,6 +24,7 @@ class Backends:
         self._session: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._engines: dict[str, Any] = {}
+        self._pool: Any = None  # one entropy pool per worker process, shared by quantum-sampled requests
 
     def build(self) -> "Backends":
         for name, entry in self.config.models().items():
@@ -48,7 +49,23 @@ class Backends:
 
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
-        return LocalBackend(entry, self._engine(entry), self._executor)
+        return LocalBackend(entry, self._engine(entry), self._executor, self._entropy())
+
+    def _entropy(self) -> Any:
+        """The worker's entropy pool: QRNG-filled when a local entry sets ``qrng_api_key`` (and optionally
+        ``qrng_base_url``), else the OS CSPRNG, labelled as such in every answer's diagnostics."""
+        if self._pool is None:
+            from gpu_apps.qgpt.entropy import EntropyPool, QrngClient
+
+            local = [e.litellm_params.extra_params() for e in self.config.models().values() if e.backend == "local"]
+            qrng = next((x for x in local if x.get("qrng_api_key")), None)
+            client = None
+            if qrng is not None:
+                kw = {"base_url": str(qrng["qrng_base_url"])} if qrng.get("qrng_base_url") else {}
+                client = QrngClient(str(qrng["qrng_api_key"]), **kw)
+            self._pool = EntropyPool(client)
+            self._pool.start()
+        return self._pool
 
     def _engine(self, entry: ModelEntry) -> Any:
         name = entry.litellm_params.upstream_model
@@ -76,3 +93,5 @@ class Backends:
             await self._session.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            await self._pool.stop()

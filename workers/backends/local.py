@@ -5,6 +5,11 @@ loop through an asyncio queue, and a cancelled request stops its thread at the n
 this model's tokens, so ``usage`` counts characters.
 
 Chat requests are turned into a prompt by joining the messages' text, one per line; the model continues it.
+
+Quantum sampling (the qgpt seed): a request with ``quantum_profile`` (or any request to an entry with
+``quantum: true``) samples through gpu_apps.qgpt's QuantumLogitsProcessor, fed by the worker's entropy pool
+(QRNG when ``qrng_api_key`` is configured, else the OS CSPRNG, labelled as such); the answer carries
+``quantum_diagnostics``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway.config import ModelEntry
+from gpu_apps.qgpt.processor import QuantumLogitsProcessor
+from gpu_apps.qgpt.profiles import DEFAULT_PROFILE, profile_names
 from workers.backends.base import Backend, BackendError
 from workers.queue import JobSpec
 
@@ -54,19 +61,34 @@ def stops_of(body: dict[str, Any]) -> list[str]:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, entry: ModelEntry, engine: Any, executor: ThreadPoolExecutor):
+    def __init__(self, entry: ModelEntry, engine: Any, executor: ThreadPoolExecutor, pool: Any = None):
         self.model_name = entry.model_name
         self.engine = engine
         self.executor = executor
+        self.pool = pool  # gpu_apps.qgpt.entropy.EntropyPool
+        self.quantum_default = DEFAULT_PROFILE if entry.litellm_params.extra_params().get("quantum") else None
         self.block_size = int(engine.info().get("block_size", 256))
+
+    def _quantum(self, body: dict[str, Any], temperature: float, top_p: float) -> Any:
+        """A quantum logits processor for this request, or None (no profile asked for, or greedy decoding)."""
+        name = body.get("quantum_profile") or self.quantum_default
+        if name is None or temperature == 0 or self.pool is None:
+            return None
+        try:
+            return QuantumLogitsProcessor(self.pool, str(name), temperature=temperature, top_p=top_p)
+        except ValueError as e:
+            raise BackendError(400, f"Unknown quantum_profile {name!r}: use one of {', '.join(profile_names())}.",
+                               param="quantum_profile", code="invalid_value") from e
 
     def _params(self, job: JobSpec) -> dict[str, Any]:
         b = job.body
         max_tokens = b.get("max_completion_tokens") or b.get("max_tokens") or DEFAULT_MAX_TOKENS
-        return {"max_new_tokens": int(max_tokens),
-                "temperature": float(b["temperature"]) if b.get("temperature") is not None else 1.0,
-                "top_p": float(b["top_p"]) if b.get("top_p") is not None else 1.0,
-                "seed": b.get("seed"), "stop": stops_of(b)}
+        params = {"max_new_tokens": int(max_tokens),
+                  "temperature": float(b["temperature"]) if b.get("temperature") is not None else 1.0,
+                  "top_p": float(b["top_p"]) if b.get("top_p") is not None else 1.0,
+                  "seed": b.get("seed"), "stop": stops_of(b)}
+        params["logits_processor"] = self._quantum(b, params["temperature"], params["top_p"])
+        return params
 
     def _run(self, prompt: str, params: dict[str, Any], cancel: threading.Event,
              emit: Any) -> str:
@@ -128,7 +150,7 @@ class LocalBackend(Backend):
                                 "logprobs": None, "finish_reason": finish})
             else:
                 choices.append({"index": i, "text": out, "logprobs": None, "finish_reason": finish})
-        return {"choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+        return {"choices": choices, "usage": _usage(len(prompt), completion_tokens), **_diagnostics(params)}
 
     async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
         prompt = prompt_of(job)
@@ -148,22 +170,41 @@ class LocalBackend(Backend):
                     completion_tokens += len(item)
                     piece = {"delta": {"content": item}} if chat else {"text": item}
                     yield {"choices": [{"index": i, **piece, "logprobs": None, "finish_reason": None}]}
-        yield {"choices": [], "usage": _usage(len(prompt), completion_tokens)}
+        yield {"choices": [], "usage": _usage(len(prompt), completion_tokens), **_diagnostics(params)}
 
     async def generate(self, job: JobSpec) -> dict[str, Any]:
-        """The seed's ``/generate``: ``{"seed", "temperature", "num_chars"}`` -> ``{"generated_text", ...}``."""
+        """The seeds' ``/generate``, in the format of the seed that sent it (``body["form"]``):
+        char-GPT ``{"seed", "temperature", "num_chars"}`` -> ``{"generated_text", "seed", ...}``;
+        qgpt ``{"prompt", "max_tokens", "temperature", "quantum_profile"}`` -> ``{"generated_text",
+        "tokens_generated", "quantum_profile", "quantum_diagnostics", "generation_time", "model", "temperature"}``."""
         b = job.body
-        params = {"max_new_tokens": int(b["num_chars"]), "temperature": float(b["temperature"]),
-                  "top_p": float(b.get("top_p", 1.0)), "seed": int(b["seed"]), "stop": []}
+        quantum = b.get("form") == "qgpt"
+        params = {"max_new_tokens": int(b["max_tokens"] if quantum else b["num_chars"]),
+                  "temperature": float(b["temperature"]), "top_p": float(b.get("top_p", 1.0)),
+                  "seed": b.get("seed"), "stop": []}
+        params["logits_processor"] = self._quantum(b, params["temperature"], params["top_p"]) if quantum else None
         started = time.perf_counter()
         text = []
         async for item in self._pieces(str(b.get("prompt") or ""), params):
             if not isinstance(item, tuple):
                 text.append(item)
         elapsed = time.perf_counter() - started
-        return {"generated_text": "".join(text), "seed": params["seed"], "temperature": params["temperature"],
+        out = "".join(text)
+        if quantum:
+            diagnostics = _diagnostics(params).get("quantum_diagnostics") or {
+                "total_entropy_consumed": 0, "modifications_applied": 0, "average_logit_diff": 0.0,
+                "entropy_source": "none"}
+            return {"generated_text": out, "tokens_generated": len(out), "quantum_profile": b["quantum_profile"],
+                    "quantum_diagnostics": diagnostics, "generation_time": round(elapsed, 4),
+                    "model": self.model_name, "temperature": params["temperature"]}
+        return {"generated_text": out, "seed": params["seed"], "temperature": params["temperature"],
                 "num_chars": params["max_new_tokens"], "model": self.model_name,
                 "generation_time_ms": round(elapsed * 1000, 2)}
+
+
+def _diagnostics(params: dict[str, Any]) -> dict[str, Any]:
+    proc = params.get("logits_processor")
+    return {"quantum_diagnostics": {**proc.diagnostics(), "quantum_profile": proc.profile.name}} if proc else {}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
