@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway.config import ModelEntry
-from gpu_apps.qgpt.processor import QuantumLogitsProcessor
 from gpu_apps.qgpt.profiles import DEFAULT_PROFILE, profile_names
 from workers.backends.base import Backend, BackendError
 from workers.queue import JobSpec
@@ -74,6 +73,8 @@ class LocalBackend(Backend):
         name = body.get("quantum_profile") or self.quantum_default
         if name is None or temperature == 0 or self.pool is None:
             return None
+        from gpu_apps.qgpt.processor import QuantumLogitsProcessor  # imports transformers: only when used
+
         try:
             return QuantumLogitsProcessor(self.pool, str(name), temperature=temperature, top_p=top_p)
         except ValueError as e:
