@@ -17,7 +17,7 @@ from starlette.responses import Response
 from gateway.config import Config
 from gateway.context import RequestContextMiddleware, request_id
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
-from gateway.routes import generate, health, keys, openai
+from gateway.routes import classify, generate, health, keys, openai
 from gateway.services import build_services
 
 log = logging.getLogger("gatehouse.gateway")
@@ -43,6 +43,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.include_router(openai.router)
     app.include_router(generate.router)
+    app.include_router(classify.router)
     app.include_router(health.router)
     app.include_router(keys.router)
 

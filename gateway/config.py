@@ -64,6 +64,8 @@ class ModelEntry(BaseModel):
     @property
     def backend(self) -> str:
         provider = self.litellm_params.provider
+        if provider == "classifier" or self.litellm_params.model == "local/classifier":
+            return "classifier"
         if provider == LOCAL:
             return "local"
         if provider in OPENAI_COMPATIBLE:

@@ -115,6 +115,21 @@ class QuantumGenerateRequest(_Wire):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+class ClassifyRequest(_Wire):
+    """The classifier seed's ``POST /classify {"prompts": [...]}`` (``model`` optional)."""
+
+    model: str = Field(default="prompt-classifier", min_length=1)
+    prompts: list[str] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("prompts")
+    @classmethod
+    def _lengths(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            if len(text) > 100_000:
+                raise ValueError(f"prompts[{i}] is longer than 100000 characters")
+        return v
+
+
 def is_quantum_generate(body: dict[str, Any]) -> bool:
     """Which seed's ``/generate`` this is: qgpt sends a prompt (and profile/max_tokens), char-GPT sends neither."""
     return "quantum_profile" in body or ("prompt" in body and "num_chars" not in body and "max_tokens" in body)

@@ -162,7 +162,7 @@ class Generation:
         watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and not t.exception() else None)
         done = False
         try:
-            if kind == "generate":
+            if kind in ("generate", "classify"):
                 result = await _first_result(events)
             else:
                 result = await collect(events, shape, outcome)

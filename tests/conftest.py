@@ -178,10 +178,50 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+CLASSIFIER_JWT_SECRET = "classifier-shared-secret-0123456789abcdef"
+
+
+@dataclass
+class ClassifierService:
+    checkpoint: Path
+    base_url: str
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread, idp: IdP) -> Iterator[Stack]:
+def classifier_service(tmp_root: Path) -> Iterator[ClassifierService]:
+    """A tiny classifier checkpoint, and the seed-format /classify service (the Modal app's ASGI surface)
+    serving it over real HTTP with the seed's JWT auth."""
+    import threading
+
+    import uvicorn
+
+    from gpu_apps.classifier.api import create_app, hs256_authorizer
+    from gpu_apps.classifier.engine import ClassifierEngine
+    from gpu_apps.classifier.tiny import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_root / "classifier")
     port = free_port()
-    cfg = {"model_list": model_list(upstream.base_url),
+    app = create_app(ClassifierEngine.from_pretrained_dir(path), authorize=hs256_authorizer(CLASSIFIER_JWT_SECRET))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_http(f"http://127.0.0.1:{port}/health")
+    yield ClassifierService(path, f"http://127.0.0.1:{port}")
+    server.should_exit = True
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread, idp: IdP,
+          classifier_service: ClassifierService) -> Iterator[Stack]:
+    port = free_port()
+    classifiers = [
+        {"model_name": "prompt-classifier", "litellm_params": {"model": "local/classifier",
+                                                               "checkpoint": str(classifier_service.checkpoint)}},
+        {"model_name": "classifier-remote", "litellm_params": {"model": "classifier/nvidia-prompt-classifier",
+                                                               "api_base": classifier_service.base_url,
+                                                               "jwt_secret": CLASSIFIER_JWT_SECRET}},
+    ]
+    cfg = {"model_list": model_list(upstream.base_url) + classifiers,
            "gatehouse": {"port": port, "data_dir": str(tmp_root / "data"), "request_timeout_s": 30,
                          "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2,
                          "teams": {"team-small": {"rpm_limit": 3}},

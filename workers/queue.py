@@ -37,7 +37,7 @@ OUTPUT_TTL_S = 60  # safety net: a stream nobody consumed (reader gone) expires 
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_FRESH_S = 10.0
 
-JobKind = Literal["chat", "completion", "generate"]
+JobKind = Literal["chat", "completion", "generate", "classify"]
 EventKind = Literal["chunk", "result", "error", "end"]
 
 

@@ -54,6 +54,8 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
             backend = backends.get(spec.model)
             if spec.kind == "generate":
                 final.append(q.result_event(await backend.generate(spec)))
+            elif spec.kind == "classify":
+                final.append(q.result_event(await backend.classify(spec)))
             elif spec.stream:
                 async for chunk in backend.stream(spec):
                     writer.emit(q.result_event(chunk) if isinstance(chunk, WholeAnswer) else q.chunk_event(chunk))

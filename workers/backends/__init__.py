@@ -41,6 +41,15 @@ class Backends:
                 self._session = new_session()
             return OpenAICompatibleBackend(entry, self._session, retries=s.upstream_retries,
                                            timeout_s=s.upstream_timeout_s)
+        if entry.backend == "classifier":
+            from workers.backends.classifier import ClassifierBackend
+            from workers.backends.openai_compat import new_session
+
+            if self._session is None:
+                self._session = new_session()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
+            return ClassifierBackend(entry, executor=self._executor, session=self._session)
         if entry.backend == "litellm":
             from workers.backends.litellm_backend import LiteLLMBackend
 

@@ -47,5 +47,9 @@ class Backend(ABC):
         """The char-GPT seed's /generate; only backends that run such a model implement it."""
         raise BackendError(400, f"Model `{job.model}` does not support /generate.", code="unsupported_endpoint")
 
+    async def classify(self, job: JobSpec) -> dict[str, Any]:
+        """The classifier seed's /classify; only classifier backends implement it."""
+        raise BackendError(400, f"Model `{job.model}` is not a classifier.", code="unsupported_endpoint")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, threads or models."""

@@ -1,0 +1,19 @@
+"""The classifier seed's ``POST /classify {"prompts": [...]}`` (and ``/v1/classify``) — through the queue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import protocol as p
+from gateway.serving import Generation
+
+router = APIRouter()
+
+
+@router.post("/v1/classify")
+@router.post("/classify")
+async def classify(request: Request) -> Response:
+    gen, _, req = await Generation.accept(request, p.ClassifyRequest)
+    return await gen.run(request, "classify", req.model_dump(), req.model, stream=False, include_usage=False,
+                         id_prefix="cls-")
