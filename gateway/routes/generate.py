@@ -7,7 +7,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway import protocol as p
 from gateway.serving import Generation
 
 router = APIRouter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,15 +28,6 @@ def _tiny_model(seed: int = 0) -> tuple[CharGPT, CharTokenizer]:
             if param.dim() >= 2:
                 param.mul_(20.0)
     return model.eval(), tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny models are faster single-threaded, especially on a busy 2-core box; restore afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -79,14 +78,6 @@ def card_example_logits() -> list[torch.Tensor]:
         torch.zeros((1, 1), dtype=torch.float64),    # no_label_reason: weight 0
         _logits([0.5578, 0.4422]),                   # constraint p0 = 0.5578
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

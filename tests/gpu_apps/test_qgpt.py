@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,6 @@ API_KEY = "qbck-secret-key-0123"
 SEED_DIAG_KEYS = {"total_entropy_consumed", "modifications_applied", "average_logit_diff", "entropy_source"}
 SEED_RESPONSE_KEYS = {"generated_text", "tokens_generated", "quantum_profile", "quantum_diagnostics",
                       "generation_time", "model", "temperature"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def chi_square_ok(counts: np.ndarray, probs: np.ndarray, z: float = 3.09) -> tuple[bool, float, float]:
