@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -89,29 +89,19 @@ class Generation:
         self.principal = principal
 
     @classmethod
-    async def accept(cls, request: Request, model_cls: type[T]) -> tuple["Generation", dict[str, Any], T]:
-        """The steps before enqueue: authenticate, read and parse the body, check the model and limits."""
+    async def accept(cls, request: Request,
+                     model_cls: type[T] | Callable[[dict[str, Any]], type[T]]) -> tuple["Generation", dict[str, Any], T]:
+        """The steps before enqueue: authenticate, read and parse the body (``model_cls`` may choose the model
+        from the raw body, for routes that take two seeds' formats), check the model and limits."""
         svc = services(request)
         principal = await svc.auth.authenticate(request)
         gen = cls(svc, principal)
         body = await read_json(request, gen.settings.max_body_bytes)
-        req = parse(model_cls, body)
+        req = parse(model_cls if isinstance(model_cls, type) else model_cls(body), body)
         gen.check_model(req.model, principal)  # type: ignore[attr-defined]
         if isinstance(req, p.SamplingRequest):
             gen.check_limits(req)
         return gen, body, req
-
-    @classmethod
-    async def accept_generate(cls, request: Request) -> tuple["Generation", dict[str, Any], Any]:
-        """``accept`` for the seeds' /generate: picks the form, returns its normalised body (with ``form``)."""
-        svc = services(request)
-        principal = await svc.auth.authenticate(request)
-        gen = cls(svc, principal)
-        raw = await read_json(request, gen.settings.max_body_bytes)
-        quantum = p.is_quantum_generate(raw)
-        req = parse(p.QuantumGenerateRequest if quantum else p.GenerateRequest, raw)
-        gen.check_model(req.model, principal)
-        return gen, {**req.model_dump(), "form": "qgpt" if quantum else "chargpt"}, req
 
     def check_model(self, name: str, principal: Principal) -> None:
         if name not in self.svc.models:
@@ -145,7 +135,8 @@ class Generation:
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 body_iter = self._guarded_stream(rid, sse_stream(events, shape, include_usage, outcome),
                                                  admission, model, outcome)
-                return StreamingResponse(body_iter, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+                return StreamingResponse(body_iter, media_type="text/event-stream",
+                                         headers={**SSE_HEADERS, **headers})
         except BaseException:
             self._account(admission, model, rid, outcome)
             raise

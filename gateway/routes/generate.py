@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway import protocol as p
 from gateway.serving import Generation
 
 router = APIRouter()
@@ -14,5 +17,11 @@ router = APIRouter()
 
 @router.post("/generate")
 async def generate(request: Request) -> Response:
-    gen, body, req = await Generation.accept_generate(request)
-    return await gen.run(request, "generate", body, req.model, stream=False, include_usage=False, id_prefix="gen-")
+    gen, _, req = await Generation.accept(request, _form_of)
+    form = "qgpt" if isinstance(req, p.QuantumGenerateRequest) else "chargpt"
+    return await gen.run(request, "generate", {**req.model_dump(), "form": form}, req.model, stream=False,
+                         include_usage=False, id_prefix="gen-")
+
+
+def _form_of(body: dict[str, Any]) -> type[p.GenerateRequest] | type[p.QuantumGenerateRequest]:
+    return p.QuantumGenerateRequest if p.is_quantum_generate(body) else p.GenerateRequest
