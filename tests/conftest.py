@@ -50,6 +50,20 @@ def wait_http(url: str, timeout: float = 60.0, procs: list[subprocess.Popen[byte
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_single_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The model-code tests (tests/gpu_apps) run tiny models: faster single-threaded on a busy 2-core box."""
+    if "gpu_apps" not in request.path.parts:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tmp_root() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="gatehouse-test-") as d:
