@@ -24,6 +24,7 @@ from arq.connections import RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.config import Config
@@ -215,6 +216,16 @@ class GatehouseWorker(Worker):
     async def forget(self) -> None:
         await self.pool.zrem(q.WORKERS_KEY, self.worker_id)
 
+    async def close(self) -> None:
+        """arq's shutdown, tolerating a Redis that is already gone (e.g. Ctrl-C reached it first)."""
+        try:
+            await super().close()
+        except (RedisConnectionError, OSError) as e:
+            log.warning("Redis was unreachable during shutdown (%s); nothing left to clean up there",
+                        type(e).__name__)
+            if "backends" in self.ctx:
+                await self.ctx["backends"].aclose()
+
 
 def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
     s = config.settings
@@ -226,8 +237,9 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         ctx["backends"] = backends.build()
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        await worker.forget()
         await backends.aclose()
+        with contextlib.suppress(RedisConnectionError, OSError):
+            await worker.forget()
 
     settings = RedisSettings.from_dsn(s.redis_url)
     settings.max_connections = s.worker_concurrency + 16
