@@ -66,6 +66,8 @@ class ModelEntry(BaseModel):
         provider = self.litellm_params.provider
         if provider == "classifier" or self.litellm_params.model == "local/classifier":
             return "classifier"
+        if provider == "modal":
+            return "modal"
         if provider == LOCAL:
             return "local"
         if provider in OPENAI_COMPATIBLE:

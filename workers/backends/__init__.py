@@ -50,6 +50,10 @@ class Backends:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
             return ClassifierBackend(entry, executor=self._executor, session=self._session)
+        if entry.backend == "modal":
+            from workers.backends.modal_cls import ModalClsBackend
+
+            return ModalClsBackend(entry)
         if entry.backend == "litellm":
             from workers.backends.litellm_backend import LiteLLMBackend
 
