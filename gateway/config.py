@@ -102,6 +102,10 @@ class ModalSettings(BaseModel):
 
     workspace: str | None = Field(default=None, pattern=r"^[a-z0-9\-]+$")
     environment: str | None = None
+    # seed 004: workers lengthen a Modal app's scaledown window while it is in use (gpu_apps/scaling.py;
+    # MODAL_BASE_WARM_TIME, MODAL_EXTENSION_TIME, MODAL_ACTIVITY_WINDOW, MODAL_MAX_CONTAINERS)
+    hybrid_scaling: bool = False
+    scaling_dry_run: bool = False  # decide and report, but do not call Modal's API
 
 
 class GatehouseSettings(BaseSettings):

@@ -120,3 +120,12 @@ async def modal_apply(app: str, scaledown_window: int, max_containers: int, func
 
     fn = modal.Function.from_name(app, function)
     await fn.update_autoscaler.aio(scaledown_window=scaledown_window, max_containers=max_containers)
+
+
+def modal_app_of(api_base: str) -> str | None:
+    """The Modal app behind a web endpoint URL: ``https://ws-env--<app>-<function>.modal.run/v1`` → ``<app>``."""
+    host = api_base.split("://", 1)[-1].split("/", 1)[0]
+    if not host.endswith(".modal.run") or "--" not in host:
+        return None
+    label = host[: -len(".modal.run")].split("--", 1)[1]
+    return label.rsplit("-", 1)[0] if "-" in label else label

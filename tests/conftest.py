@@ -145,6 +145,8 @@ def model_list(upstream_base: str) -> list[dict]:
                                                     "api_base": upstream_base.removesuffix("/v1"),
                                                     "api_key": "sk-ant-test", "max_tokens": 256}},
         {"model_name": "echo-local", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base}},
+        {"model_name": "echo-modal", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
+                                                        "modal_app": "gatehouse-vllm-echo"}},
         {"model_name": "vllm-echo", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
                                                        "extra_headers": {"Modal-Key": "mk", "Modal-Secret": "ms"}}},
     ]
@@ -239,6 +241,7 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
            "gatehouse": {"port": port, "data_dir": str(tmp_root / "data"), "request_timeout_s": 30,
                          "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2,
                          "teams": {"team-small": {"rpm_limit": 3}},
+                         "modal": {"hybrid_scaling": True, "scaling_dry_run": True},
                          "jwt": {"hs256_secret": JWT_SECRET, "issuer": idp.issuer, "audience": idp.audience,
                                  "jwks_url": upstream.base_url.removesuffix("/v1") + "/.well-known/jwks.json",
                                  "claims": {"admin": "roles"}}}}

@@ -30,6 +30,8 @@ WAKE_KEY_SUFFIX = ":wake"  # list the gateway LPUSHes a token onto for every job
 OUTPUT_STREAM_PREFIX = "gatehouse:out:"  # one Redis Stream of output events per request
 CANCEL_CHANNEL = "gatehouse:cancel"  # pub/sub: request ids whose client went away or timed out
 WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (unix seconds)
+SCALING_KEY = "gatehouse:scaling"  # hash: worker id -> JSON of its hybrid-scaling report (seed 004)
+SCALING_INTERVAL_S = 5.0
 ARQ_JOB_PREFIX = "arq:job:"
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls

@@ -109,6 +109,8 @@ class GatehouseWorker(Worker):
         gc.set_threshold(20_000, 50, 100)  # fewer young-generation passes under load
         self._slot_freed = asyncio.Event()
         side_tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._listen_cancels())]
+        if self.ctx["backends"].scaler is not None:
+            side_tasks.append(asyncio.create_task(self._scale(self.ctx["backends"].scaler)))
         log.info("worker %s ready on %s (max %d concurrent jobs)", self.worker_id, self.queue_name, self.max_jobs)
         try:
             wake = q.wake_key(self.queue_name)
@@ -192,6 +194,26 @@ class GatehouseWorker(Worker):
             except Exception as e:  # noqa: BLE001 - keep beating through Redis blips
                 log.warning("heartbeat failed: %s", type(e).__name__)
             await asyncio.sleep(q.HEARTBEAT_INTERVAL_S)
+
+    async def _scale(self, scaler: Any) -> None:
+        """Hybrid scaling: apply changed scaledown windows, publish the report for the gateway's /health."""
+        last_error = None
+        while True:
+            await asyncio.sleep(q.SCALING_INTERVAL_S)
+            try:
+                await asyncio.wait_for(scaler.reconcile(), 30)
+                last_error = None
+            except Exception as e:  # noqa: BLE001 - Modal unreachable or refusing: keep serving, say it once
+                if type(e).__name__ != last_error:
+                    log.warning("hybrid scaling could not update Modal: %s", type(e).__name__)
+                last_error = type(e).__name__
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    pipe.hset(q.SCALING_KEY, self.worker_id, q.dumps(scaler.health()))
+                    pipe.expire(q.SCALING_KEY, int(q.SCALING_INTERVAL_S * 6))
+                    await pipe.execute()
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not publish the scaling report: %s", type(e).__name__)
 
     async def _listen_cancels(self) -> None:
         while True:

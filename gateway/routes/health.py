@@ -65,6 +65,12 @@ async def summary(request: Request) -> Response:
     redis_ok, db_ok = await asyncio.gather(_redis_ok(svc), _db_ok(svc))
     depth = await svc.queue.depth() if redis_ok else None
     workers = await fresh_workers(svc) if redis_ok else 0
+    scaling = {}
+    if redis_ok:
+        try:
+            scaling = {k.decode(): q.loads(v) for k, v in (await svc.redis.hgetall(q.SCALING_KEY)).items()}
+        except Exception:  # noqa: BLE001 - the summary is best effort
+            scaling = {}
     return _json({
         "status": "healthy" if redis_ok and db_ok and workers else "degraded",
         "version": VERSION,
@@ -74,4 +80,5 @@ async def summary(request: Request) -> Response:
         "queue": {"name": svc.queue.name, "depth": depth, "max_depth": svc.queue.max_depth},
         "workers": workers,
         "models": [{"id": name, "backend": e.backend} for name, e in svc.models.items()],
+        **({"scaling": scaling} if scaling else {}),  # per worker: hybrid scaling of Modal apps (seed 004)
     })

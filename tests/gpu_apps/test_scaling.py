@@ -60,3 +60,32 @@ def test_settings_from_the_seed_environment() -> None:
         ScalingSettings.from_env({"MODAL_BASE_WARM_TIME": "15m"})
     with pytest.raises(ValueError, match="at least 2 s"):
         ScalingSettings(base_warm_time=1)
+
+
+def test_modal_app_of_urls() -> None:
+    from gpu_apps.scaling import modal_app_of
+
+    assert modal_app_of("https://acme-prod--gatehouse-vllm-qwen3-4b-serve.modal.run/v1") == "gatehouse-vllm-qwen3-4b"
+    assert modal_app_of("https://acme--gatehouse-qgpt-web.modal.run") == "gatehouse-qgpt"
+    assert modal_app_of("http://127.0.0.1:8000/v1") is None
+
+
+def test_workers_report_scaling_to_the_gateway_health(stack) -> None:  # type: ignore[no-untyped-def]
+    """The worker counts requests to a Modal-hosted model and publishes its decision; /health shows it."""
+    import time
+
+    import httpx
+
+    httpx.post(stack.base_url + "/v1/chat/completions", headers={"authorization": f"Bearer {stack.master_key}"},
+               json={"model": "echo-modal", "messages": [{"role": "user", "content": "x"}]})
+    deadline = time.time() + 15
+    report = None
+    while time.time() < deadline:
+        scaling = httpx.get(stack.base_url + "/health").json().get("scaling") or {}
+        report = next((w["scaling"].get("gatehouse-vllm-echo") for w in scaling.values()
+                       if "gatehouse-vllm-echo" in w["scaling"]), None)
+        if report:
+            break
+        time.sleep(0.5)
+    assert report is not None, "no scaling report reached /health"
+    assert report["recent_requests"] >= 1 and report["scaledown_window"] == 1800  # 900 base + 900 extension

@@ -25,8 +25,18 @@ class Backends:
         self._executor: ThreadPoolExecutor | None = None
         self._engines: dict[str, Any] = {}
         self._pool: Any = None  # one entropy pool per worker process, shared by quantum-sampled requests
+        self.scaler: Any = None  # gpu_apps.scaling.HybridScaler when gatehouse.modal.hybrid_scaling is on
 
     def build(self) -> "Backends":
+        modal = self.config.settings.modal
+        if modal.hybrid_scaling:
+            from gpu_apps.scaling import HybridScaler, ScalingSettings, modal_apply
+
+            async def dry_run(app: str, window: int, max_containers: int) -> None:
+                log.info("hybrid scaling (dry run): %s -> scaledown_window=%ds, max_containers=%d", app, window,
+                         max_containers)
+
+            self.scaler = HybridScaler(ScalingSettings.from_env(), dry_run if modal.scaling_dry_run else modal_apply)
         for name, entry in self.config.models().items():
             self._by_name[name] = self._make(entry)
             log.info("model %s -> %s backend (%s)", name, entry.backend, entry.litellm_params.model)
@@ -40,7 +50,7 @@ class Backends:
             if self._session is None:
                 self._session = new_session()
             return OpenAICompatibleBackend(entry, self._session, retries=s.upstream_retries,
-                                           timeout_s=s.upstream_timeout_s)
+                                           timeout_s=s.upstream_timeout_s, on_request=self._activity_hook(entry))
         if entry.backend == "classifier":
             from workers.backends.classifier import ClassifierBackend
             from workers.backends.openai_compat import new_session
@@ -91,6 +101,16 @@ class Backends:
             extras = entry.litellm_params.extra_params()
             self._engines[name] = CharGPTEngine.load(extras.get("checkpoint"))
         return self._engines[name]
+
+    def _activity_hook(self, entry: ModelEntry) -> Any:
+        """With hybrid scaling on, requests to a Modal-hosted entry count as activity for its app."""
+        if self.scaler is None:
+            return None
+        from gpu_apps.scaling import modal_app_of
+
+        extras = entry.litellm_params.extra_params()
+        app = extras.get("modal_app") or modal_app_of(entry.litellm_params.api_base or "")
+        return (lambda: self.scaler.record(str(app))) if app else None
 
     def get(self, model: str) -> Backend:
         try:

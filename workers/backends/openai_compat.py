@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -32,7 +32,7 @@ DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.gro
                  "deepinfra": "https://api.deepinfra.com/v1/openai", "together_ai": "https://api.together.xyz/v1"}
 # litellm_params keys that configure the call rather than being request defaults
 _CALL_KEYS = {"model", "api_base", "api_key", "timeout", "max_retries", "extra_headers", "headers", "rpm", "tpm",
-              "cold_start_retry",
+              "cold_start_retry", "modal_app",
               "stream_timeout", "organization", "api_version", "input_cost_per_token", "output_cost_per_token"}
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _ENVELOPE = ("id", "object", "created", "model")
@@ -54,8 +54,9 @@ class OpenAICompatibleBackend(Backend):
     name = "openai"
 
     def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession, *, retries: int = 2,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 600.0, on_request: Callable[[], None] | None = None):
         lp = entry.litellm_params
+        self.on_request = on_request  # activity hook (hybrid scaling of the Modal app behind this entry)
         base = lp.api_base or DEFAULT_BASES.get(lp.provider)
         if not base:
             raise ValueError(f"model_list entry {entry.model_name!r}: litellm_params.api_base is required "
@@ -76,7 +77,7 @@ class OpenAICompatibleBackend(Backend):
         if entry.model_name.endswith(LOCAL_SUFFIX):
             self.defaults = {**LOCAL_DEFAULTS, **self.defaults}
 
-    def _request(self, job: JobSpec, stream: bool) -> tuple[str, bytes]:
+    def _build(self, job: JobSpec, stream: bool) -> tuple[str, bytes]:
         body = {**self.defaults, **job.body, "model": self.upstream_model}
         if "tools" not in body:
             body.pop("tool_choice", None)  # a tool_choice without tools is an error for OpenAI-compatible servers
@@ -124,6 +125,11 @@ class OpenAICompatibleBackend(Backend):
             log.info("upstream %s answered %d; %s %d in %.2fs", self.base, err.status,
                      "cold start, waiting: try" if cold else "retry", attempt, delay)
             await asyncio.sleep(delay)
+
+    def _request(self, job: JobSpec, stream: bool) -> tuple[str, bytes]:
+        if self.on_request is not None:
+            self.on_request()
+        return self._build(job, stream)
 
     async def complete(self, job: JobSpec) -> dict[str, Any]:
         url, data = self._request(job, stream=False)
