@@ -1,16 +1,20 @@
 """The queue protocol between the gateway and the workers — the one contract both sides import.
 
-Everything that crosses Redis is defined here: key names, the job payload, the output events, and the
-enqueue script. Nothing else in the code base spells a Redis key.
+Everything the gateway and the workers exchange through Redis is defined here: key names, the job payload,
+the output events, the enqueue and claim scripts. (Keys only the gateway uses live beside their use:
+gateway/keys/cache.py, gateway/limits.py.)
 
 Flow of one interactive request::
 
-    gateway                              Redis                              worker
-    ───────                              ─────                              ──────
-    ENQUEUE (Lua, 1 round trip) ───►  arq:job:<id>, ZADD queue, LPUSH wake
-                                                         ◄─── BLPOP wake (no poll delay), arq start_jobs
-    XREAD BLOCK gh:out:<id> from 0 ◄─── XADD gh:out:<id> (batched events) ◄─── backend output
-    on disconnect/timeout: ZREM queue + PUBLISH gh:cancel <id> ───────────────► task.cancel()
+    gateway                                  Redis                                worker
+    ───────                                  ─────                                ──────
+    pipeline: ENQUEUE (Lua) + XREAD BLOCK ─► arq:job:<id>, ZADD queue, LPUSH wake
+                                                    ◄── BLMPOP wake (no poll delay); CLAIM (Lua): due jobs + locks
+                                                    ◄── arq run_job: fetch job; backend runs
+    (the pipelined XREAD returns) ◄───────── XADD gatehouse:out:<id> ◄── chunks as they come; the last
+                                             events ride in arq's end-of-job transaction
+    after the response: UNLINK consumed streams (batched)
+    on disconnect/timeout: ZREM queue + PUBLISH gatehouse:cancel <id> ──────────► task.cancel()
 
 Jobs are genuine arq jobs (``arq:job:<id>`` holds arq's job dict, serialised with orjson), so arq's worker,
 retry and health machinery apply; only the wake-up and the result path differ (see docs/adr/0002).
