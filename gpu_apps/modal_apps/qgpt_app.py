@@ -9,6 +9,7 @@ Secrets: ``gatehouse-qrng`` (``QRNG_API_KEY``; without it the pool serves the OS
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import modal
@@ -48,6 +49,14 @@ class QuantumService:
     def generate(self, prompt: str, max_new_tokens: int = 512, quantum_profile: str = "medium",
                  temperature: float = 0.8, top_p: float = 1.0, seed: int | None = None) -> dict[str, Any]:
         return self.generator.generate(prompt, max_new_tokens, quantum_profile, temperature, top_p, seed)
+
+    @modal.method()
+    def stream(self, prompt: str, max_new_tokens: int = 512, quantum_profile: str = "medium",
+               temperature: float = 0.8, top_p: float = 1.0, seed: int | None = None) -> Iterator[Any]:
+        """Text pieces as they are sampled (``.remote_gen``), then the whole /generate body as a dict."""
+        tokens = self.generator.stream(prompt, max_new_tokens, quantum_profile, temperature, top_p, seed)
+        yield from tokens
+        yield tokens.response
 
     @modal.asgi_app()
     def web(self) -> Any:

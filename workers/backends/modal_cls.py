@@ -16,9 +16,10 @@ production; without them, the developer's ``modal setup`` login. Setting only on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from gateway.config import ModelEntry
@@ -58,26 +59,33 @@ class ModalClsBackend(Backend):
         self.environment = extras.get("environment")
         self.credentials = modal_credentials()
         self.model_name = entry.model_name
-        self._method: Any = None
+        self.stream_method = str(extras.get("stream_method") or "stream")  # qgpt: a generator method
+        self._instance: Any = None
         self._lock = asyncio.Lock()
 
-    async def _target(self) -> Any:
-        """The remote method, looked up once (lazily: a worker starts without contacting Modal)."""
+    async def _target(self, name: str | None = None) -> Any:
+        """A method of the remote class (looked up once, lazily: a worker starts without contacting Modal)."""
         async with self._lock:
-            if self._method is None:
+            if self._instance is None:
                 import modal
 
                 client = await modal.Client.from_credentials.aio(*self.credentials) if self.credentials else None
                 cls = modal.Cls.from_name(self.app, self.cls_name, environment_name=self.environment, client=client)
-                self._method = getattr(cls(), self.method)
-            return self._method
+                self._instance = cls()
+            return getattr(self._instance, name or self.method)
 
     async def _call(self, job: JobSpec, *args: Any, **kwargs: Any) -> Any:
+        with self._modal_errors():
+            method = await self._target()
+            return await asyncio.wait_for(method.remote.aio(*args, **kwargs), max(0.05, job.remaining()))
+
+    @contextlib.contextmanager
+    def _modal_errors(self) -> Iterator[None]:
+        """Modal's exceptions as BackendErrors, at this one boundary."""
         import modal.exception as mx
 
         try:
-            method = await self._target()
-            return await asyncio.wait_for(method.remote.aio(*args, **kwargs), max(0.05, job.remaining()))
+            yield
         except asyncio.TimeoutError as e:
             raise BackendError(504, "The Modal app did not answer in time.", type_="timeout_error",
                                code="timeout") from e
@@ -108,7 +116,33 @@ class ModalClsBackend(Backend):
                 "generation_time": out.get("generation_time", round(time.perf_counter() - started, 4))}
 
     async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
-        yield WholeAnswer(await self.complete(job))  # the method returns whole answers; relayed as chunks
+        """qgpt: text pieces from the class's generator method (``.remote_gen``) as OpenAI chunks, then
+        usage and ``quantum_diagnostics``."""
+        if self.adapter != "qgpt":
+            yield WholeAnswer(await self.complete(job))
+            return
+        b, chat = job.body, job.kind == "chat"
+        with self._modal_errors():
+            method = await self._target(self.stream_method)
+            if chat:
+                yield {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]}
+            final: dict[str, Any] = {}
+            async for item in method.remote_gen.aio(prompt_of(job), int(b.get("max_tokens") or 512),
+                                                    str(b.get("quantum_profile") or "medium"),
+                                                    float(b.get("temperature", 0.8)), float(b.get("top_p", 1.0)),
+                                                    b.get("seed")):
+                if isinstance(item, dict):
+                    final = item
+                    continue
+                piece = {"delta": {"content": item}} if chat else {"text": item}
+                yield {"choices": [{"index": 0, **piece, "logprobs": None, "finish_reason": None}]}
+        end: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "stop"}
+        end.update({"delta": {}} if chat else {"text": ""})
+        yield {"choices": [end]}
+        n = int(final.get("tokens_generated", 0))
+        yield {"choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n},
+               "quantum_diagnostics": final.get("quantum_diagnostics")}
 
     async def generate(self, job: JobSpec) -> dict[str, Any]:
         if self.adapter != "qgpt" or job.body.get("form") != "qgpt":
