@@ -77,7 +77,7 @@ async def sequential(targets: dict[str, tuple[str, dict[str, str]]], n: int, blo
     body = orjson.dumps({**BODY, "stream": True} if stream else BODY)
     out: dict[str, list] = {k: [] for k in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        for name, (url, h) in targets.items():  # warm-up
+        for url, h in targets.values():  # warm-up
             for _ in range(50):
                 await (one_stream if stream else one)(s, url, h, body)
         done = 0

@@ -117,7 +117,9 @@ class GatehouseSettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     data_dir: Path = Path(".gatehouse")
     master_key: SecretStr | None = None
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("GATEHOUSE_REDIS_URL", "REDIS_URL", "redis_url"))
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("GATEHOUSE_REDIS_URL", "REDIS_URL", "redis_url")
+    )
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("GATEHOUSE_DATABASE_URL", "DATABASE_URL", "database_url")
     )
@@ -151,7 +153,8 @@ class GatehouseSettings(BaseSettings):
     @field_validator("master_key")
     @classmethod
     def _no_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and (len(v.get_secret_value()) < 8 or v.get_secret_value().lower() in {"changeme", "change-me"}):
+        secret = v.get_secret_value() if v is not None else None
+        if secret is not None and (len(secret) < 8 or secret.lower() in {"changeme", "change-me"}):
             raise ValueError("master_key must be at least 8 characters and not a placeholder")
         return v
 

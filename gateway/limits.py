@@ -40,12 +40,14 @@ for s = 0, scopes - 1 do
   local k, a = s * 6, 5 + s * 4
   local rpm, tpm, par, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if rpm >= 0 then
-    local used = tonumber(redis.call('GET', KEYS[k + 2]) or '0') * weight + tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    local used = tonumber(redis.call('GET', KEYS[k + 2]) or '0') * weight
+      + tonumber(redis.call('GET', KEYS[k + 1]) or '0')
     if used + 1 > rpm then return {1, s, window - now % window} end
     if s == 0 then remaining_r = math.floor(rpm - used - 1) end
   end
   if tpm >= 0 then
-    local used = tonumber(redis.call('GET', KEYS[k + 4]) or '0') * weight + tonumber(redis.call('GET', KEYS[k + 3]) or '0')
+    local used = tonumber(redis.call('GET', KEYS[k + 4]) or '0') * weight
+      + tonumber(redis.call('GET', KEYS[k + 3]) or '0')
     if used >= tpm then return {2, s, window - now % window} end
     if s == 0 then remaining_t = math.floor(tpm - used) end
   end

@@ -89,8 +89,9 @@ class Generation:
         self.principal = principal
 
     @classmethod
-    async def accept(cls, request: Request,
-                     model_cls: type[T] | Callable[[dict[str, Any]], type[T]]) -> tuple["Generation", dict[str, Any], T]:
+    async def accept(
+        cls, request: Request, model_cls: type[T] | Callable[[dict[str, Any]], type[T]]
+    ) -> tuple["Generation", dict[str, Any], T]:
         """The steps before enqueue: authenticate, read and parse the body (``model_cls`` may choose the model
         from the raw body, for routes that take two seeds' formats), check the model and limits."""
         svc = services(request)

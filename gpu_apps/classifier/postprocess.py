@@ -62,7 +62,7 @@ def task_types(logits: ArrayLike,
     first: list[str] = []
     second: list[str] = []
     prob: list[float] = []
-    for (i, j), (p1, p2) in zip(top2.tolist(), probs):
+    for (i, j), (p1, p2) in zip(top2.tolist(), probs, strict=True):
         p1r, p2r = round(p1, TASK_PROB_DECIMALS), round(p2, TASK_PROB_DECIMALS)
         first.append(spec.task_types[i])
         second.append(spec.task_types[j] if p2r >= SECOND_TASK_THRESHOLD else NO_SECOND_TASK)
@@ -99,7 +99,7 @@ def postprocess(logits: Sequence[ArrayLike], spec: ClassifierSpec = DEFAULT_SPEC
     if len(logits) != len(spec.heads):
         raise ValueError(f"expected logits of {len(spec.heads)} heads, got {len(logits)}")
     n = int(_as_float32(logits[0]).shape[0])
-    for head, x in zip(spec.heads, logits):
+    for head, x in zip(spec.heads, logits, strict=True):
         shape = tuple(_as_float32(x).shape)
         if shape != (n, head.num_outputs):
             raise ValueError(f"head {head.name!r}: expected logits of shape {(n, head.num_outputs)}, "
@@ -108,7 +108,7 @@ def postprocess(logits: Sequence[ArrayLike], spec: ClassifierSpec = DEFAULT_SPEC
         return []
     first, second, prob = task_types(logits[0], spec)
     scores: dict[str, np.ndarray] = {}
-    for head, x in zip(spec.heads[1:], logits[1:]):
+    for head, x in zip(spec.heads[1:], logits[1:], strict=True):
         assert head.weights is not None
         s = head_scores(x, head.weights, head.divisor)
         if head.name == "number_of_few_shots":

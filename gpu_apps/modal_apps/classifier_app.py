@@ -20,7 +20,8 @@ from gpu_apps.modal_apps.common import HF_CACHE, AppSettings
 HF_MODEL = "nvidia/prompt-task-and-complexity-classifier"
 FUNCTIONS = ("ClassifierBatch", "ClassifierWeb")
 SETTINGS = AppSettings(gpu="T4", scaledown_window=300, min_containers=0, max_containers=4, timeout=600,
-                       secrets=("gatehouse-huggingface", "gatehouse-classifier"), volumes={HF_CACHE: "gatehouse-hf-cache"},
+                       secrets=("gatehouse-huggingface", "gatehouse-classifier"),
+                       volumes={HF_CACHE: "gatehouse-hf-cache"},
                        max_concurrent_inputs=64)
 
 image = (modal.Image.debian_slim(python_version="3.12")
