@@ -1,193 +1,35 @@
-"""JWT auth (gateway.auth.jwt_auth): HS256 with a shared secret, RS256/ES256 against a real local JWKS
-server (aiohttp on 127.0.0.1), a table of valid tokens and attacks, key rotation, refresh rate limiting,
-single-flight fetches, IdP outages, claim mapping and settings validation."""
+"""JWT auth (gateway.auth.jwt_auth): a table of valid tokens and attacks (HS256 with a shared secret, RS256/ES256
+against a real local JWKS server), claim mapping and settings validation. JWKS cache behaviour: test_jwks.py."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
-import json
-import logging
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt_support import (
+    AUDIENCE,
+    DROP,
+    SECRET,
+    Idp,
+    Keys,
+    MakeVerifier,
+    b64,
+    claims,
+    es256,
+    hand_made,
+    hs256,
+    hs_claims,
+    rejected,
+    rs256,
+    tamper_payload,
+    tamper_signature,
+)
 from pydantic import ValidationError
 
 from gateway.auth.jwt_auth import ClaimMapping, JwtSettings, JwtVerifier
-from gateway.errors import AuthenticationFailed
-
-SECRET = "hs256-shared-secret-for-tests-0123456789"
-ISSUER = "https://idp.test/realms/gatehouse"
-AUDIENCE = "gatehouse"
-DROP = object()  # marks a claim to leave out
-MakeVerifier = Callable[..., JwtVerifier]
-
-
-# --------------------------------------------------------------------------- keys, tokens
-
-
-@dataclass(frozen=True)
-class Keys:
-    rsa: rsa.RSAPrivateKey
-    rsa_other: rsa.RSAPrivateKey  # the attacker's key
-    ec: ec.EllipticCurvePrivateKey
-    ec2: ec.EllipticCurvePrivateKey
-    ec_other: ec.EllipticCurvePrivateKey
-
-    def rsa_public_pem(self) -> bytes:
-        return self.rsa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys(rsa=rsa.generate_private_key(65537, 2048), rsa_other=rsa.generate_private_key(65537, 2048),
-                ec=ec.generate_private_key(ec.SECP256R1()), ec2=ec.generate_private_key(ec.SECP256R1()),
-                ec_other=ec.generate_private_key(ec.SECP256R1()))
-
-
-def jwk(key: Any, kid: str | None, **extra: Any) -> dict[str, Any]:
-    """The public JWK of a private key (what an IdP publishes)."""
-    algo = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
-    out = {**algo.to_jwk(key.public_key(), as_dict=True), "use": "sig", **extra}
-    if kid is not None:
-        out["kid"] = kid
-    return out
-
-
-def claims(**over: Any) -> dict[str, Any]:
-    """IdP-style claims (iss, aud) valid for five minutes; ``DROP`` removes one."""
-    now = int(time.time())
-    base = {"sub": "carol", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
-    return {k: v for k, v in {**base, **over}.items() if v is not DROP}
-
-
-def hs_claims(**over: Any) -> dict[str, Any]:
-    """The shared-secret service's format: sub or user, exp, iat."""
-    return claims(**{"iss": DROP, "aud": DROP, "sub": "alice", **over})
-
-
-def hs256(payload: dict[str, Any], secret: str = SECRET, **headers: Any) -> str:
-    return jwt.encode(payload, secret, algorithm="HS256", headers=headers or None)
-
-
-def rs256(key: Any, payload: dict[str, Any], kid: str | None = "rsa-1") -> str:
-    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid} if kid else None)
-
-
-def es256(key: Any, payload: dict[str, Any], kid: str | None = "ec-1") -> str:
-    return jwt.encode(payload, key, algorithm="ES256", headers={"kid": kid} if kid else None)
-
-
-def b64(data: bytes | dict[str, Any]) -> str:
-    raw = json.dumps(data).encode() if isinstance(data, dict) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def hand_made(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | None = None) -> str:
-    """A token built by hand: unsigned, or HMAC-SHA256 signed with any bytes (e.g. a public key PEM)."""
-    signing_input = f"{b64(header)}.{b64(payload)}"
-    sig = b64(hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()) if hmac_key else ""
-    return f"{signing_input}.{sig}"
-
-
-def tamper_payload(token: str, **over: Any) -> str:
-    head, _, sig = token.split(".")
-    return f"{head}.{b64(claims(**over))}.{sig}"
-
-
-def tamper_signature(token: str) -> str:
-    head, body, sig = token.split(".")
-    return f"{head}.{body}.{('A' if sig[0] != 'A' else 'B') + sig[1:]}"
-
-
-# --------------------------------------------------------------------------- the IdP
-
-
-@dataclass
-class Idp:
-    """A JWKS endpoint whose key set, availability and latency a test can change; counts its fetches."""
-
-    url: str
-    jwks: dict[str, Any]
-    fetches: int = 0
-    down: bool = False
-    delay_s: float = 0.0
-
-    def publish(self, *keys: dict[str, Any]) -> None:
-        self.jwks = {"keys": list(keys)}
-
-
-@pytest.fixture
-async def idp(keys: Keys) -> AsyncIterator[Idp]:
-    state = Idp(url="", jwks={"keys": [jwk(keys.rsa, "rsa-1"), jwk(keys.ec, "ec-1")]})
-
-    async def serve(_: web.Request) -> web.Response:
-        state.fetches += 1
-        if state.delay_s:
-            await asyncio.sleep(state.delay_s)
-        return web.Response(status=503) if state.down else web.json_response(state.jwks)
-
-    app = web.Application()
-    app.router.add_get("/jwks", serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    state.url = f"http://127.0.0.1:{sock.getsockname()[1]}/jwks"
-    yield state
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def make_verifier(idp: Idp) -> AsyncIterator[MakeVerifier]:
-    """``make_verifier(mode, **settings)``: mode "both", "hs" (secret only) or "jwks" (IdP only)."""
-    made: list[JwtVerifier] = []
-
-    def make(mode: str = "both", **over: Any) -> JwtVerifier:
-        cfg: dict[str, Any] = {}
-        if mode in ("both", "hs"):
-            cfg["hs256_secret"] = SECRET
-        if mode in ("both", "jwks"):
-            cfg.update(jwks_url=idp.url, issuer=ISSUER, audience=AUDIENCE)
-        verifier = JwtVerifier(JwtSettings(**{**cfg, **over}))
-        made.append(verifier)
-        return verifier
-
-    yield make
-    for verifier in made:
-        await verifier.aclose()
-
-
-def assert_rejected_cleanly(err: AuthenticationFailed, token: str) -> None:
-    """401 invalid_api_key, and neither the token, any segment of it, nor the secret in the error."""
-    assert (err.status, err.code) == (401, "invalid_api_key")
-    shown = f"{err} {err.message} {err.body()!r} {err!r}"
-    assert token not in shown and SECRET not in shown
-    for segment in token.split("."):
-        assert len(segment) < 8 or segment not in shown
-    assert err.__cause__ is None
-
-
-async def rejected(verifier: JwtVerifier, token: str) -> str:
-    with pytest.raises(AuthenticationFailed) as info:
-        await verifier.verify(token)
-    assert_rejected_cleanly(info.value, token)
-    return info.value.message
-
 
 # --------------------------------------------------------------------------- the table
 
@@ -273,140 +115,6 @@ async def test_token_table(make_verifier: MakeVerifier, keys: Keys, mode: str,
         assert expected in await rejected(verifier, token)
 
 
-# --------------------------------------------------------------------------- JWKS cache behaviour
-
-
-async def test_key_rotation(make_verifier: MakeVerifier, idp: Idp, keys: Keys) -> None:
-    verifier = make_verifier("jwks", jwks_cache_ttl_s=0.5, jwks_min_refresh_interval_s=0)
-    idp.publish(jwk(keys.ec, "ec-1"))
-    assert (await verifier.verify(es256(keys.ec, claims()))).subject == "carol"
-    idp.publish(jwk(keys.ec, "ec-1"), jwk(keys.ec2, "ec-2"))  # new key appears
-    assert (await verifier.verify(es256(keys.ec2, claims(), kid="ec-2"))).subject == "carol"
-    assert idp.fetches == 2  # the unknown kid triggered a refresh
-    idp.publish(jwk(keys.ec2, "ec-2"))  # old key removed: still cached until the TTL runs out
-    await verifier.verify(es256(keys.ec, claims()))
-    await asyncio.sleep(0.55)
-    assert "unknown signing key" in await rejected(verifier, es256(keys.ec, claims()))
-    assert (await verifier.verify(es256(keys.ec2, claims(), kid="ec-2"))).subject == "carol"
-
-
-async def test_unknown_kid_refresh_is_rate_limited(make_verifier: MakeVerifier, idp: Idp,
-                                                   keys: Keys) -> None:
-    verifier = make_verifier("jwks", jwks_min_refresh_interval_s=0.5)
-    await verifier.verify(es256(keys.ec, claims()))
-    assert idp.fetches == 1
-
-    async def random_kids() -> list[BaseException | Any]:
-        tokens = [es256(keys.ec, claims(), kid=uuid.uuid4().hex) for _ in range(50)]
-        return await asyncio.gather(*(verifier.verify(t) for t in tokens), return_exceptions=True)
-
-    results = await random_kids()  # just fetched: no refresh at all
-    assert all(isinstance(r, AuthenticationFailed) and r.message == "unknown signing key" for r in results)
-    assert idp.fetches == 1
-    await asyncio.sleep(0.55)
-    results = await random_kids()  # interval passed: exactly one refresh for all 50
-    assert all(isinstance(r, AuthenticationFailed) for r in results)
-    assert idp.fetches == 2
-
-
-async def test_single_flight_refresh(make_verifier: MakeVerifier, idp: Idp, keys: Keys) -> None:
-    verifier = make_verifier("jwks", jwks_min_refresh_interval_s=0.2)
-    await verifier.verify(es256(keys.ec, claims()))
-    await asyncio.sleep(0.25)  # past the refresh interval
-    idp.publish(jwk(keys.ec, "ec-1"), jwk(keys.ec2, "ec-2"))
-    idp.delay_s = 0.1  # keep the fetch in flight while more requests arrive
-    token = es256(keys.ec2, claims(sub="erin"), kid="ec-2")
-    early = asyncio.gather(*(verifier.verify(token) for _ in range(10)))
-    await asyncio.sleep(0.03)  # these arrive while the fetch is in flight: they join it
-    late = await asyncio.gather(*(verifier.verify(token) for _ in range(10)))
-    assert {i.subject for i in [*await early, *late]} == {"erin"}
-    assert idp.fetches == 2
-
-
-async def test_first_use_is_single_flight(make_verifier: MakeVerifier, idp: Idp,
-                                          keys: Keys) -> None:
-    verifier = make_verifier("jwks")
-    idp.delay_s = 0.1
-    early = asyncio.gather(*(verifier.verify(rs256(keys.rsa, claims())) for _ in range(10)))
-    await asyncio.sleep(0.03)
-    late = await asyncio.gather(*(verifier.verify(rs256(keys.rsa, claims())) for _ in range(10)))
-    assert len([*await early, *late]) == 20
-    assert idp.fetches == 1
-
-
-async def test_cancelled_fetch_does_not_fail_the_waiters(make_verifier: MakeVerifier, idp: Idp,
-                                                         keys: Keys) -> None:
-    verifier = make_verifier("jwks")
-    idp.delay_s = 0.3
-    token = rs256(keys.rsa, claims())
-    first = asyncio.ensure_future(verifier.verify(token))
-    await asyncio.sleep(0.03)  # the first caller is now fetching
-    others = asyncio.gather(*(verifier.verify(token) for _ in range(5)))
-    first.cancel()  # e.g. its client went away
-    assert {i.subject for i in await others} == {"carol"}
-    with pytest.raises(asyncio.CancelledError):
-        await first
-
-
-async def test_idp_down_keeps_cached_keys(make_verifier: MakeVerifier, idp: Idp, keys: Keys,
-                                          caplog: pytest.LogCaptureFixture) -> None:
-    verifier = make_verifier("jwks", jwks_cache_ttl_s=0.2, jwks_min_refresh_interval_s=0)
-    token = rs256(keys.rsa, claims())
-    await verifier.verify(token)
-    idp.down = True
-    await asyncio.sleep(0.25)
-    with caplog.at_level(logging.WARNING, logger="gatehouse.auth"):
-        assert (await verifier.verify(token)).subject == "carol"  # TTL ran out, fetch failed, cache kept
-        assert "unknown signing key" in await rejected(verifier, rs256(keys.rsa, claims(), kid="new"))
-    assert idp.fetches >= 2
-    assert "JWKS fetch" in caplog.text and "keeping 2 cached keys" in caplog.text
-    assert token not in caplog.text and token.split(".")[2] not in caplog.text
-
-
-async def test_idp_down_from_start_is_retried_at_most_once_per_interval(
-        make_verifier: MakeVerifier, idp: Idp, keys: Keys) -> None:
-    idp.down = True
-    verifier = make_verifier("jwks", jwks_min_refresh_interval_s=10)
-    for _ in range(3):
-        assert "unknown signing key" in await rejected(verifier, rs256(keys.rsa, claims()))
-    assert idp.fetches == 1
-
-
-async def test_idp_timeout(make_verifier: MakeVerifier, idp: Idp, keys: Keys) -> None:
-    idp.delay_s = 0.6
-    verifier = make_verifier("jwks", jwks_timeout_s=0.1)
-    started = time.monotonic()
-    assert "unknown signing key" in await rejected(verifier, rs256(keys.rsa, claims()))
-    assert time.monotonic() - started < 0.5
-
-
-async def test_token_without_kid_needs_a_single_signing_key(make_verifier: MakeVerifier, idp: Idp,
-                                                            keys: Keys) -> None:
-    idp.publish(jwk(keys.ec, None))
-    verifier = make_verifier("jwks")
-    assert (await verifier.verify(es256(keys.ec, claims(), kid=None))).subject == "carol"
-
-
-async def test_only_signing_keys_are_used(make_verifier: MakeVerifier, idp: Idp, keys: Keys) -> None:
-    p384 = ec.generate_private_key(ec.SECP384R1())
-    private_jwk = {**RSAAlgorithm.to_jwk(keys.rsa, as_dict=True), "kid": "rsa-private"}  # "d" etc. ignored
-    del private_jwk["key_ops"]
-    idp.publish(jwk(keys.rsa, "rsa-enc", use="enc"), jwk(keys.rsa, "rsa-rs512", alg="RS512"),
-                jwk(keys.rsa, "rsa-encrypt-op", key_ops=["encrypt"]), jwk(p384, "ec-p384"),
-                {"kty": "oct", "k": b64(SECRET.encode()), "kid": "oct"}, {"kty": "RSA", "kid": "broken"},
-                "junk",
-                private_jwk, jwk(keys.ec, "ec-1"))
-    verifier = make_verifier("jwks")
-    for kid in ("rsa-enc", "rsa-rs512", "rsa-encrypt-op", "broken", "oct"):
-        assert "unknown signing key" in await rejected(verifier, rs256(keys.rsa, claims(), kid=kid))
-    assert "unknown signing key" in await rejected(verifier, es256(keys.ec, claims(), kid="ec-p384"))
-    assert "unsupported token algorithm" in await rejected(verifier, jwt.encode(
-        claims(), p384, algorithm="ES384", headers={"kid": "ec-p384"}))
-    assert "unsupported token algorithm" in await rejected(verifier, hs256(claims(), kid="oct"))
-    assert (await verifier.verify(rs256(keys.rsa, claims(), kid="rsa-private"))).subject == "carol"
-    assert (await verifier.verify(es256(keys.ec, claims()))).subject == "carol"
-
-
 # --------------------------------------------------------------------------- claim mapping
 
 
@@ -489,11 +197,11 @@ def test_looks_like_jwt(keys: Keys) -> None:
         assert not JwtVerifier.looks_like_jwt(not_jwt), not_jwt
 
 
-def test_settings_validation(idp: Idp) -> None:
+def test_settings_validation(jwks_idp: Idp) -> None:
     assert not JwtSettings().enabled
-    assert JwtSettings(hs256_secret=SECRET).enabled and JwtSettings(jwks_url=idp.url).enabled
+    assert JwtSettings(hs256_secret=SECRET).enabled and JwtSettings(jwks_url=jwks_idp.url).enabled
     assert SECRET not in repr(JwtSettings(hs256_secret=SECRET))
-    for bad in ({"hs256_secret": "too-short"}, {"leeway_s": 301}, {"leeway_s": -1}, {"jwks_url": "ftp://idp"},
+    for bad in ({"hs256_secret": "too-short"}, {"leeway_s": 301}, {"leeway_s": -1}, {"jwks_url": "ftp://jwks_idp"},
                 {"unknown_field": 1}, {"claims": {"nope": "x"}}, {"claims": {"user": []}}):
         with pytest.raises(ValidationError) as info:
             JwtSettings(**bad)
