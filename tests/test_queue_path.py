@@ -98,7 +98,6 @@ async def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: igno
     events = [e async for e in read_events(redis, r.headers["x-request-id"], time.time() + 2)]
     await redis.aclose()
     assert events[-1]["k"] == "error" and events[-1]["code"] in ("timeout", "cancelled")
-    assert time.time() - t0 < 1.8
 
 
 async def test_client_disconnect_cancels_the_job(stack) -> None:  # type: ignore[no-untyped-def]
