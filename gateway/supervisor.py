@@ -80,8 +80,13 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            with self.console.status("starting Valkey and PostgreSQL…"):
-                redis_url, db_url = self._start_servers(data_dir)
+            try:
+                with self.console.status("starting Valkey and PostgreSQL…"):
+                    redis_url, db_url = self._start_servers(data_dir)
+            except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
+                self.console.print(f"[red]could not start the embedded servers: {type(e).__name__}: {e}[/red]",
+                                   highlight=False)
+                return 1
             env = self._child_env(redis_url, db_url, master_key)
             exe = [sys.executable, "-m", "gateway.cli"]
             self.children = [Child("gateway", [*exe, "serve"], env)]
@@ -94,7 +99,10 @@ class Supervisor:
             if self.stopping:  # Ctrl-C during start-up
                 return 0
             if not ready:
-                self.console.print("[red]the gateway did not become ready within 120 s; see the logs above[/red]")
+                dead = [c.name for c in self.children if not c.alive()]
+                why = (f"{', '.join(dead)} exited during start-up (is port {s.port} free? see the log above)" if dead
+                       else "the gateway did not become ready within 120 s; see the log above")
+                self.console.print(f"[red]{why}[/red]", highlight=False)
                 return 1
             self._banner(base, master_key)
             return self._watch()

@@ -130,3 +130,38 @@ def test_chat_without_a_key_says_how_to_get_one(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, env=_clean_env(PYTHONPATH=str(ROOT)))
     assert r.returncode == 2 and "no API key" in r.stderr
     assert not (tmp_path / ".gatehouse").exists()  # a client command creates nothing
+
+
+def test_up_says_why_when_the_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # someone else already listens on the gateway's port
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _up(tmp_path, port)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert f"is port {port} free?" in out and "Traceback" not in out.split("exited during start-up")[-1]
+
+
+def test_embedded_valkey_moves_off_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    from gateway.embedded import DEFAULT_VALKEY_PORT, EmbeddedValkey
+
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", DEFAULT_VALKEY_PORT))  # if it is already taken, that is the case we test too
+        blocker.listen()
+    except OSError:
+        pass
+    try:
+        v = EmbeddedValkey(tmp_path)
+        url = v.start()
+        try:
+            assert not url.endswith(f":{DEFAULT_VALKEY_PORT}/0")
+        finally:
+            v.stop()
+    finally:
+        blocker.close()
