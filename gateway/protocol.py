@@ -60,11 +60,6 @@ class SamplingRequest(_Wire):
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         return v
 
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
-
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
@@ -175,11 +170,6 @@ def text_chunk(id_: str, model: str, created: int, choices: list[dict[str, Any]]
     if usage is not None:
         out["usage"] = usage
     return out
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def model_card(name: str, created: int, owned_by: str = "gatehouse") -> dict[str, Any]:

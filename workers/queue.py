@@ -44,7 +44,6 @@ HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_FRESH_S = 10.0
 
 JobKind = Literal["chat", "completion", "generate", "classify"]
-EventKind = Literal["chunk", "result", "error", "end"]
 
 
 def wake_key(queue: str) -> str:
