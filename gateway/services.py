@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
-from gateway.config import Config, ModelEntry
+from gateway.config import Config, ModelEntry, TeamLimits
 from gateway.db.migrate import migrate
 from gateway.enqueue import JobQueue
 from gateway.errors import ServiceUnavailable
@@ -36,6 +36,7 @@ class Services:
     limiter: Limiter
     spend: SpendRecorder
     prices: dict[str, tuple[float, float]]
+    team_scopes: dict[str, Scope]  # from the config's gatehouse.teams, built once
     started_at: float = field(default_factory=time.time)
 
     def scopes(self, principal: Principal) -> tuple[Scope, ...]:
@@ -44,11 +45,8 @@ class Services:
         if principal.kind != "master":
             out.append(Scope(principal.kind, principal.id, principal.rpm_limit, principal.tpm_limit,
                              principal.max_parallel_requests, principal.max_budget, principal.budget_period_s))
-        team = self.config.settings.teams.get(principal.team_id or "")
-        if team is not None:
-            period = int(parse_duration(team.budget_duration).total_seconds()) if team.budget_duration else None
-            out.append(Scope("team", principal.team_id or "", team.rpm_limit, team.tpm_limit,
-                             team.max_parallel_requests, team.max_budget, period))
+        if principal.team_id is not None and principal.team_id in self.team_scopes:
+            out.append(self.team_scopes[principal.team_id])
         return tuple(out)
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
@@ -127,6 +125,12 @@ async def build_services(config: Config, master_key: str) -> Services:
         limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
         spend=spend,
         prices={name: price_of(e) for name, e in models.items()},
+        team_scopes={team_id: _team_scope(team_id, t) for team_id, t in s.teams.items()},
     )
     svc.limiter.spend_loader = PgSpendLoader(svc.database)
     return svc
+
+
+def _team_scope(team_id: str, t: TeamLimits) -> Scope:
+    period = int(parse_duration(t.budget_duration).total_seconds()) if t.budget_duration else None
+    return Scope("team", team_id, t.rpm_limit, t.tpm_limit, t.max_parallel_requests, t.max_budget, period)
