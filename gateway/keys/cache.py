@@ -54,22 +54,23 @@ class KeyCache:
         hit = self._local.get(key_id)
         if hit is not None and now - hit[0] < LOCAL_TTL_S:
             return hit[1]
-        entry = await self._from_redis(key_id)
-        if entry is False:
+        cached, entry = await self._from_redis(key_id)
+        if not cached:
             entry = await self._from_db(key_id)
         if len(self._local) >= LOCAL_MAX:
             self._local.clear()
-        self._local[key_id] = (now, entry)  # type: ignore[assignment]
-        return entry  # type: ignore[return-value]
+        self._local[key_id] = (now, entry)
+        return entry
 
-    async def _from_redis(self, key_id: str) -> Entry | bool:
+    async def _from_redis(self, key_id: str) -> tuple[bool, Entry]:
+        """(whether Redis knew the id, the entry — None for a cached miss)."""
         raw = await self.redis.get(REDIS_PREFIX + key_id)
         if raw is None:
-            return False
+            return False, None
         if raw == _MISS:
-            return None
+            return True, None
         d = orjson.loads(raw)
-        return KeyRecord.from_json(d["record"]), base64.b64decode(d["hash"])
+        return True, (KeyRecord.from_json(d["record"]), base64.b64decode(d["hash"]))
 
     async def _from_db(self, key_id: str) -> Entry:
         if self.store is None:
