@@ -20,6 +20,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.auth.jwt_auth import JwtSettings
+from observability.settings import MetricsSettings, TracingSettings
 
 ENV_REF = "os.environ/"
 DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
@@ -138,6 +139,8 @@ class GatehouseSettings(BaseSettings):
     teams: dict[str, TeamLimits] = Field(default_factory=dict)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     modal: ModalSettings = Field(default_factory=ModalSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

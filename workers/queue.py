@@ -36,6 +36,8 @@ CANCEL_CHANNEL = "gatehouse:cancel"  # pub/sub: request ids whose client went aw
 WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (unix seconds)
 SCALING_KEY = "gatehouse:scaling"  # hash: worker id -> JSON of its hybrid-scaling report (seed 004)
 SCALING_INTERVAL_S = 5.0
+BUSY_KEY_PREFIX = "gatehouse:busy:"  # hash per lane: worker id -> jobs it is running (updated each heartbeat)
+LANES = {"interactive": INTERACTIVE_QUEUE}  # lane name (a metric label) -> its arq queue
 ARQ_JOB_PREFIX = "arq:job:"
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
@@ -54,6 +56,14 @@ def output_key(request_id: str) -> str:
     return OUTPUT_STREAM_PREFIX + request_id
 
 
+def busy_key(lane: str) -> str:
+    return BUSY_KEY_PREFIX + lane
+
+
+def lane_of(queue: str) -> str:
+    return next((lane for lane, name in LANES.items() if name == queue), queue.rsplit(":", 1)[-1])
+
+
 # ── job payload ───────────────────────────────────────────────────────────────────────────────────────
 @dataclass(slots=True)
 class JobSpec:
@@ -67,14 +77,15 @@ class JobSpec:
     stream: bool
     deadline: float  # unix seconds; the worker stops at this instant
     enqueued_at: float = field(default_factory=time.time)
+    trace: dict[str, Any] | None = None  # observability.calls.TraceContext, when tracing is on
 
     def to_dict(self) -> dict[str, Any]:
         # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
         return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
-                "deadline": self.deadline, "enqueued_at": self.enqueued_at}
+                "deadline": self.deadline, "enqueued_at": self.enqueued_at, "trace": self.trace}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
+    def from_dict(cls, d: dict[str, Any]) -> JobSpec:
         return cls(**d)
 
     def remaining(self) -> float:

@@ -1,0 +1,81 @@
+"""What one model call looked like, as the worker saw it: the record tracing and metrics are made from.
+
+The gateway puts a ``TraceContext`` on the job (who asked, from which route, in which session); the worker fills
+a ``CallRecord`` while it runs the job and hands it to ``observability`` when the job ends. Nothing in here
+does I/O: it is data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["ok", "error", "timeout", "cancelled"]
+
+# the gen_ai.operation.name of each job kind (OpenTelemetry GenAI conventions; ours where none fits)
+OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "generate": "generate_content",
+                   "classify": "classify"}
+
+
+@dataclass(slots=True)
+class TraceContext:
+    """Set by the gateway, carried in the job. Small on purpose: it rides in every job payload."""
+
+    route: str  # e.g. "POST /v1/chat/completions": the trace's name
+    received_at: float  # unix seconds, when the gateway accepted the request
+    user_id: str | None = None  # the principal (key id, JWT subject, "master")
+    session_id: str | None = None  # from the x-session-id header
+    key_alias: str | None = None
+    team_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"route": self.route, "received_at": self.received_at, "user_id": self.user_id,
+                "session_id": self.session_id, "key_alias": self.key_alias, "team_id": self.team_id}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceContext:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One job, start to end, on the worker."""
+
+    request_id: str
+    kind: str  # chat | completion | generate | classify
+    model: str
+    backend: str  # backend kind: openai, litellm, local, modal, classifier, ...
+    lane: str
+    worker_id: str
+    enqueued_at: float  # unix seconds
+    started_at: float  # when this worker took the job
+    context: TraceContext | None = None
+    input: Any = None  # messages / prompt / texts, as the client sent them
+    model_parameters: dict[str, Any] = field(default_factory=dict)
+    output: Any = None  # the answer's text (chat, completion), or the result object (generate, classify)
+    first_token_at: float | None = None  # streamed calls: when the backend's first content arrived
+    finished_at: float = 0.0
+    usage: dict[str, int] | None = None  # {"input": n, "output": n, "total": n}
+    cost: dict[str, float] | None = None  # {"input": usd, "output": usd, "total": usd}
+    retries: int = 0
+    cold_start: bool = False
+    status: Status = "ok"
+    error: dict[str, Any] | None = None  # {"status", "type", "code", "message"}
+    metadata: dict[str, Any] = field(default_factory=dict)  # quantum_diagnostics, classifier scores, ...
+
+    @property
+    def operation(self) -> str:
+        return OPERATION_NAMES.get(self.kind, self.kind)
+
+    @property
+    def queue_wait_s(self) -> float:
+        return max(0.0, self.started_at - self.enqueued_at)
+
+    @property
+    def error_type(self) -> str:
+        """The ``error.type`` label: empty on success, else the error's code or type."""
+        if self.status == "ok":
+            return ""
+        if self.error:
+            return str(self.error.get("code") or self.error.get("type") or self.status)
+        return self.status
