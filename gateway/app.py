@@ -17,8 +17,11 @@ from starlette.responses import Response
 from gateway.config import Config
 from gateway.context import RequestContextMiddleware, request_id
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
-from gateway.routes import classify, generate, health, keys, openai
+from gateway.routes import classify, generate, health, keys, metrics, openai
 from gateway.services import build_services
+from observability import metrics as prom
+from observability.http import count_refusal
+from workers import queue as q
 
 log = logging.getLogger("gatehouse.gateway")
 
@@ -27,6 +30,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await build_services(config, master_key)
+        prom.prime(q.LANES, app.state.services.models)
         # everything allocated so far lives for the whole process: keep the collector from rescanning it
         gc.collect()
         gc.freeze()
@@ -46,9 +50,11 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(metrics.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        count_refusal(exc)
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.code)
         return render(exc)

@@ -13,11 +13,13 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PayloadTooLarge
+from observability.http import OTHER_ROUTE, observe_http, route_of
 from observability.logs import request_id_var
 
 access_log = logging.getLogger("gatehouse.access")
 
 REQUEST_ID_KEY = "gatehouse.request_id"
+STARTED_KEY = "gatehouse.started"  # (time.time(), time.perf_counter()) when the request arrived
 
 
 def new_request_id() -> str:
@@ -61,9 +63,11 @@ class RequestContextMiddleware:
                                     (b"content-length", str(len(body)).encode()), rid_header,
                                     (b"connection", b"close")]})
             await send({"type": "http.response.body", "body": body})
+            observe_http(OTHER_ROUTE, err.status, 0.0)
             return
 
         started = time.perf_counter()
+        scope[STARTED_KEY] = (time.time(), started)
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -76,6 +80,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            observe_http(route_of(scope), status or 499, elapsed)
             if self.log_access:
-                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status or 499,
-                                (time.perf_counter() - started) * 1000)
+                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status or 499, elapsed * 1000)

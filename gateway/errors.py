@@ -55,6 +55,11 @@ class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+    reason = "invalid"  # metric label: missing | invalid | expired | jwt_invalid
+
+    def because(self, reason: str) -> "AuthenticationFailed":
+        self.reason = reason
+        return self
 
 
 class PermissionDenied(GatewayError):
@@ -92,6 +97,8 @@ class RateLimited(GatewayError):
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+    scope_kind = "unknown"  # metric labels: whose limit (key/team/user) and which one (rpm/tpm/parallel/budget)
+    limit = "unknown"
 
 
 class UpstreamError(GatewayError):

@@ -189,12 +189,15 @@ def _refusal(code: int, scope: Scope, retry_ms: float) -> RateLimited:
     retry = str(max(1, math.ceil(retry_ms / 1000)))
     if code == 4:
         period = " for this period" if scope.budget_period_s else ""
-        return RateLimited(f"You exceeded your current quota{period}: {who} has spent its budget of "
-                           f"${scope.budget:g}.", type_="insufficient_quota", code="insufficient_quota")
-    what = {1: f"requests per minute (limit {scope.rpm})", 2: f"tokens per minute (limit {scope.tpm})",
-            3: f"requests in flight (limit {scope.parallel})"}[code]
-    return RateLimited(f"Rate limit reached for {who}: {what}. Please try again in {retry}s.",
-                       headers={"retry-after": retry}, code="rate_limit_exceeded")
+        err = RateLimited(f"You exceeded your current quota{period}: {who} has spent its budget of "
+                          f"${scope.budget:g}.", type_="insufficient_quota", code="insufficient_quota")
+    else:
+        what = {1: f"requests per minute (limit {scope.rpm})", 2: f"tokens per minute (limit {scope.tpm})",
+                3: f"requests in flight (limit {scope.parallel})"}[code]
+        err = RateLimited(f"Rate limit reached for {who}: {what}. Please try again in {retry}s.",
+                          headers={"retry-after": retry}, code="rate_limit_exceeded")
+    err.scope_kind, err.limit = scope.kind, ("rpm", "tpm", "parallel", "budget")[code - 1]
+    return err
 
 
 def _headers(scope: Scope, remaining_r: int, remaining_t: int, now: float) -> dict[str, str]:

@@ -48,6 +48,9 @@ class Outcome:
     """What the relay learnt about a finished request (for limits and spend)."""
 
     usage: dict[str, Any] | None = None
+    kind: str = "chat"
+    started: float = 0.0  # perf_counter when the request arrived (streams: for time-to-first-token)
+    first_token_at: float | None = None  # perf_counter when the first content chunk was handed to the client
 
     def tokens(self) -> tuple[int, int]:
         u = self.usage or {}
@@ -112,9 +115,13 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
                 extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
                 choices = d.get("choices")
                 if choices:
+                    if outcome.first_token_at is None:
+                        outcome.first_token_at = time.perf_counter()
                     yield _sse(shape.chunk(choices, None, d.get("system_fingerprint")))
             elif k == "result":
                 usage = ev["d"].get("usage") or usage
+                if outcome.first_token_at is None:
+                    outcome.first_token_at = time.perf_counter()
                 for chunk in shape.result_as_chunks(ev["d"]):
                     yield _sse(chunk)
             elif k == "error":

@@ -37,6 +37,7 @@ class Services:
     spend: SpendRecorder
     prices: dict[str, tuple[float, float]]
     team_scopes: dict[str, Scope]  # from the config's gatehouse.teams, built once
+    tracing: bool = False  # Langfuse configured: jobs carry a trace context for the worker's trace
     started_at: float = field(default_factory=time.time)
 
     def scopes(self, principal: Principal) -> tuple[Scope, ...]:
@@ -123,6 +124,7 @@ async def build_services(config: Config, master_key: str) -> Services:
         models=models,
         keys=keys,
         limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
+        tracing=s.tracing.enabled,
         spend=spend,
         prices={name: price_of(e) for name, e in models.items()},
         team_scopes={team_id: _team_scope(team_id, t) for team_id, t in s.teams.items()},

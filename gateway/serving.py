@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import protocol as p
 from gateway.auth import MASTER, Principal
-from gateway.context import request_id
+from gateway.context import STARTED_KEY, request_id
 from gateway.errors import (
     GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, PermissionDenied, from_event,
     from_validation_error,
@@ -28,6 +28,8 @@ from gateway.errors import (
 from gateway.limits import Admission
 from gateway.relay import Outcome, Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
+from observability.calls import TraceContext
+from observability.http import count_usage, observe_stream, route_of
 from workers import queue as q
 from workers.queue import JobKind, JobSpec
 
@@ -124,16 +126,18 @@ class Generation:
         rid = request_id(request.scope)
         admission = await self.svc.limiter.admit(rid, self.svc.scopes(self.principal))  # 429 here
         headers = admission.headers if admission else {}
-        outcome = Outcome()
+        outcome = Outcome(kind=kind)
         try:
             spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
-                           deadline=deadline_for(request, self.settings.request_timeout_s, stream))
+                           deadline=deadline_for(request, self.settings.request_timeout_s, stream),
+                           trace=self._trace_context(request) if self.svc.tracing else None)
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             events = read_events(self.svc.redis, rid, spec.deadline, first)
             if stream:
                 if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
+                outcome.started = request.scope[STARTED_KEY][1]
                 body_iter = self._guarded_stream(rid, sse_stream(events, shape, include_usage, outcome),
                                                  admission, model, outcome)
                 return StreamingResponse(body_iter, media_type="text/event-stream",
@@ -172,6 +176,8 @@ class Generation:
             async for piece in body:
                 yield piece
             finished = True
+            observe_stream(outcome.kind, model, outcome.started, outcome.first_token_at,
+                           time.perf_counter(), outcome.tokens()[1])
         finally:
             # not finished: the client went away (Starlette cancels us) or a read failed
             self._settle(rid, finished)
@@ -184,8 +190,19 @@ class Generation:
         pr = self.principal
         if outcome.usage is not None and (pr.kind != "master" or pr.team_id or cost):
             self.svc.spend.record(rid, pr.key_id, pr.team_id, pr.user_id, model, prompt, completion, cost)
+        if outcome.usage is not None:
+            tenant = (pr.team_id or pr.alias or "") if self.settings.metrics.tenant_labels else ""
+            count_usage(model, prompt, completion, cost, tenant)
         if admission is not None:
             self.svc.queue.run_soon(self.svc.limiter.settle(admission, prompt + completion, cost))
+
+    def _trace_context(self, request: Request) -> dict[str, Any]:
+        """Who asked, from where: carried in the job so the worker's trace names the route and the caller."""
+        pr = self.principal
+        return TraceContext(route=f"{request.method} {route_of(request.scope)}",
+                            received_at=request.scope[STARTED_KEY][0], user_id=pr.user_id or pr.id,
+                            session_id=request.headers.get("x-session-id"), key_alias=pr.alias,
+                            team_id=pr.team_id).to_dict()
 
     def _settle(self, rid: str, delivered: bool) -> None:
         """After the response: drop the consumed output, or cancel the job whose output nobody will read."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from gateway.config import Config
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
+from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("gatehouse.up")
 MAX_RESTARTS = 5
@@ -51,6 +53,7 @@ class Supervisor:
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
         self.stopping = False
+        self.metrics_dir = Path(".gatehouse/metrics")
 
     def _start_servers(self, data_dir: Path) -> tuple[str, str]:
         s = self.config.settings
@@ -70,6 +73,8 @@ class Supervisor:
                    GATEHOUSE_PORT=str(s.port), GATEHOUSE_HOST=s.host, GATEHOUSE_DATA_DIR=str(s.data_dir))
         if self.config_path:
             env["GATEHOUSE_CONFIG"] = str(Path(self.config_path).resolve())
+        # gateway and workers share metric files, so the gateway's /metrics shows every process
+        env[MULTIPROC_ENV] = str(self.metrics_dir)
         return env
 
     def run(self) -> int:
@@ -77,6 +82,9 @@ class Supervisor:
         data_dir = s.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         master_key = ensure_master_key(data_dir, self.config.master_key())
+        self.metrics_dir = (data_dir / "metrics").resolve()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # totals from an earlier run must not count again
+        self.metrics_dir.mkdir(parents=True)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -147,6 +155,8 @@ class Supervisor:
                     log.error("%s exited (%s) %d times within %ds; stopping", c.name, code, MAX_RESTARTS,
                               RESTART_WINDOW_S)
                     return 1
+                if c.proc is not None:
+                    mark_process_dead(c.proc.pid, str(self.metrics_dir))
                 log.warning("%s exited with %s; restarting", c.name, code)
                 time.sleep(min(5.0, 0.5 * len(c.restarts)))
                 c.start()

@@ -7,6 +7,7 @@ does I/O: it is data.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -79,3 +80,29 @@ class CallRecord:
         if self.error:
             return str(self.error.get("code") or self.error.get("type") or self.status)
         return self.status
+
+
+# the record of the job running in this asyncio task (set by the worker), for backends to annotate
+current: ContextVar[CallRecord | None] = ContextVar("gatehouse_call", default=None)
+
+
+def note_retry(backend: str, reason: str) -> None:
+    """A backend is about to retry: count it on the job's record and in the retry metric."""
+    from observability import metrics
+
+    metrics.BACKEND_RETRIES.labels(backend, reason).inc()
+    call = current.get()
+    if call is not None:
+        call.retries += 1
+
+
+def note_cold_start(model: str) -> None:
+    """A backend found its Modal app scaling from zero (counted once per job)."""
+    from observability import metrics
+
+    call = current.get()
+    if call is not None:
+        if call.cold_start:
+            return
+        call.cold_start = True
+    metrics.COLD_STARTS.labels(model).inc()

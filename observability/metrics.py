@@ -26,7 +26,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client.registry import REGISTRY, Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -100,7 +108,7 @@ TRACING_DROPPED = Counter("gatehouse_tracing_dropped_spans",
                           "Trace spans dropped instead of exported (queue full or Langfuse unreachable).", ["reason"])
 TRACING_EXPORTED = Counter("gatehouse_tracing_exported_spans", "Trace spans accepted by Langfuse.")
 
-AUTH_REASONS = ("missing", "invalid", "expired", "revoked", "jwt_invalid", "forbidden")
+AUTH_REASONS = ("missing", "invalid", "expired", "jwt_invalid", "forbidden")
 JOB_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 
 
@@ -136,10 +144,20 @@ def render(extra: Iterable[Collector] = ()) -> bytes:
     return generate_latest(registry)
 
 
-def mark_process_dead(pid: int) -> None:
-    """Drop a finished process's live gauges (its counters and histograms stay: they are totals)."""
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` on a port of its own (a worker on a host without a gateway), from a thread."""
+    registry = REGISTRY
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+
+
+def mark_process_dead(pid: int, directory: str | None = None) -> None:
+    """Drop a finished process's live gauges (its counters and histograms stay: they are totals)."""
+    directory = directory or multiprocess_dir()
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
 
 
 class _Forward(Collector):

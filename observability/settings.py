@@ -58,4 +58,5 @@ class MetricsSettings(BaseModel):
 
     enabled: bool = True  # GET /metrics on the gateway
     worker_port: int | None = Field(default=None, ge=1, le=65535)  # a worker's own /metrics (other hosts)
+    worker_host: str = "0.0.0.0"  # where that port listens (only used when worker_port is set)
     tenant_labels: bool = False  # label spend and tokens by team / key alias (bounded by your key count)

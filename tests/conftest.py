@@ -248,8 +248,10 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
                                  "claims": {"admin": "roles"}}}}
     path = tmp_root / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    metrics_dir = tmp_root / "metrics"  # gateway and worker share metric files, as under `gatehouse up`
+    metrics_dir.mkdir()
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,
-           "GATEHOUSE_LOG_LEVEL": "info"}
+           "GATEHOUSE_LOG_LEVEL": "info", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     env.pop("GATEHOUSE_CONFIG", None)
     env.pop("GATEHOUSE_PORT", None)
     procs = start_processes(path, env, tmp_root / "logs")

@@ -28,9 +28,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.config import Config
-from workers import queue as q
-from workers.backends import Backends, BackendError, WholeAnswer
+from gateway.spend import price_of
+from observability import metrics
+from observability.calls import Status
+from observability.jobs import JobObserver
 from observability.logs import request_id_var
+from workers import queue as q
+from workers.backends import BackendError, Backends, WholeAnswer
 from workers.events import EventWriter
 
 log = logging.getLogger("gatehouse.worker")
@@ -46,7 +50,11 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     request_id_var.set(spec.id)  # this job's task only: every log line below carries the request id
     writer = EventWriter(ctx["redis"], spec.id)
     backends: Backends = ctx["backends"]
+    obs: JobObserver = ctx["observer"]
+    call = obs.start(spec)
     final: list[bytes] = []
+    status: Status = "ok"
+    error: dict[str, Any] | None = None
     try:
         remaining = spec.remaining()
         if remaining <= 0:
@@ -54,28 +62,42 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
         async with asyncio.timeout(remaining):
             backend = backends.get(spec.model)
             if spec.kind == "generate":
-                final.append(q.result_event(await backend.generate(spec)))
+                result = await backend.generate(spec)
             elif spec.kind == "classify":
-                final.append(q.result_event(await backend.classify(spec)))
+                result = await backend.classify(spec)
             elif spec.stream:
+                result = None
                 async for chunk in backend.stream(spec):
-                    writer.emit(q.result_event(chunk) if isinstance(chunk, WholeAnswer) else q.chunk_event(chunk))
+                    if isinstance(chunk, WholeAnswer):
+                        obs.result(call, chunk)
+                        writer.emit(q.result_event(chunk))
+                    else:
+                        obs.chunk(call, chunk)
+                        writer.emit(q.chunk_event(chunk))
             else:
-                final.append(q.result_event(await backend.complete(spec)))
+                result = await backend.complete(spec)
+            if result is not None:
+                obs.result(call, result)
+                final.append(q.result_event(result))
     except BackendError as e:
-        final.append(q.dumps({"k": "error", "status": e.status, "type": e.type, "code": e.code,
-                              "message": e.message, "param": e.param}))
+        status, error = "error", {"status": e.status, "type": e.type, "code": e.code, "message": e.message}
+        final.append(q.dumps({"k": "error", **error, "param": e.param}))
     except TimeoutError:
-        final.append(q.error_event(504, "The request timed out before the model finished.", "timeout_error",
-                                   "timeout"))
+        status, error = "timeout", {"status": 504, "type": "timeout_error", "code": "timeout",
+                                    "message": "The request timed out before the model finished."}
+        final.append(q.error_event(504, error["message"], "timeout_error", "timeout"))
     except asyncio.CancelledError:
+        obs.finish(call, "cancelled", {"status": 499, "type": "invalid_request_error", "code": "cancelled",
+                                       "message": "The request was cancelled."})
         final.append(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
         await _hand_over(ctx, spec.id, writer, final)
         raise
     except Exception:  # noqa: BLE001 - a bug must not leave the client waiting
         log.exception("request %s failed in the worker", spec.id)
-        final.append(q.error_event(500, "The worker had an internal error running this request.", "server_error",
-                                   "internal_error"))
+        status, error = "error", {"status": 500, "type": "server_error", "code": "internal_error",
+                                  "message": "The worker had an internal error running this request."}
+        final.append(q.error_event(500, error["message"], "server_error", "internal_error"))
+    obs.finish(call, status, error)
     await _hand_over(ctx, spec.id, writer, final)
 
 
@@ -187,12 +209,16 @@ class GatehouseWorker(Worker):
         while True:
             try:
                 now = time.time()
+                busy = q.busy_key(q.lane_of(self.queue_name))
                 async with self.pool.pipeline(transaction=False) as pipe:
                     pipe.zadd(q.WORKERS_KEY, {self.worker_id: now})
                     pipe.zremrangebyscore(q.WORKERS_KEY, "-inf", now - 60)
+                    pipe.hset(busy, self.worker_id, self.job_counter)
+                    pipe.expire(busy, 60)
                     await pipe.execute()
             except Exception as e:  # noqa: BLE001 - keep beating through Redis blips
                 log.warning("heartbeat failed: %s", type(e).__name__)
+            self.ctx["observer"].sample_pool(self.ctx["backends"].entropy_pool)
             await asyncio.sleep(q.HEARTBEAT_INTERVAL_S)
 
     async def _scale(self, scaler: Any) -> None:
@@ -236,7 +262,10 @@ class GatehouseWorker(Worker):
                 await pubsub.aclose()
 
     async def forget(self) -> None:
-        await self.pool.zrem(q.WORKERS_KEY, self.worker_id)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zrem(q.WORKERS_KEY, self.worker_id)
+            pipe.hdel(q.busy_key(q.lane_of(self.queue_name)), self.worker_id)
+            await pipe.execute()
 
     async def close(self) -> None:
         """arq's shutdown, tolerating a Redis that is already gone (e.g. Ctrl-C reached it first)."""
@@ -254,12 +283,28 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
     if not s.redis_url:
         raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
     backends = Backends(config)
+    lane = q.lane_of(q.INTERACTIVE_QUEUE)
+    tracer = None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        nonlocal tracer
         ctx["backends"] = backends.build()
+        models = config.models()
+        metrics.prime([lane], models)
+        if s.metrics.worker_port:
+            metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
+        if s.tracing.enabled:
+            from observability.tracing import build_tracer
+
+            tracer = build_tracer(s.tracing)
+        ctx["observer"] = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
+                                      backend_kinds={name: e.backend for name, e in models.items()},
+                                      prices={name: price_of(e) for name, e in models.items()})
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await backends.aclose()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)  # flush what is queued, bounded by its shutdown timeout
         with contextlib.suppress(RedisConnectionError, OSError):
             await worker.forget()
 

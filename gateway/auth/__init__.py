@@ -52,6 +52,7 @@ class Principal:
     max_budget: float | None = None
     budget_period_s: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    alias: str | None = None  # the key's alias (for traces, and metric labels when tenant labels are on)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -79,11 +80,11 @@ class Authenticator:
                 return await self._bearer(value)
             if scheme == "basic" and value:
                 return await self._virtual_key(_basic_pair(value))
-            raise AuthenticationFailed(NO_KEY)
+            raise AuthenticationFailed(NO_KEY).because("missing")
         api_key = request.headers.get("x-api-key")
         if api_key:
             return await self._bearer(api_key.strip(), allow_jwt=False)
-        raise AuthenticationFailed(NO_KEY)
+        raise AuthenticationFailed(NO_KEY).because("missing")
 
     async def _bearer(self, token: str, allow_jwt: bool = True) -> Principal:
         if hmac.compare_digest(token.encode(), self._master):
@@ -115,13 +116,14 @@ class Authenticator:
             raise AuthenticationFailed(BAD_KEY)
         record = entry[0]
         if not record.usable(datetime.now(timezone.utc)):
-            raise AuthenticationFailed(EXPIRED)
+            raise AuthenticationFailed(EXPIRED).because("expired")
         return Principal(id=record.key_id, kind="key", is_admin=record.is_admin,
                          models=frozenset(record.models) if record.models is not None else None,
                          key_id=record.key_id, user_id=record.user_id, team_id=record.team_id,
                          rpm_limit=record.rpm_limit, tpm_limit=record.tpm_limit,
                          max_parallel_requests=record.max_parallel_requests, max_budget=record.max_budget,
-                         budget_period_s=_seconds(record.budget_duration), metadata=record.metadata)
+                         budget_period_s=_seconds(record.budget_duration), metadata=record.metadata,
+                         alias=record.key_alias)
 
 
 def _seconds(duration: str | None) -> int | None:

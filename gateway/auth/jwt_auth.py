@@ -47,7 +47,7 @@ _CLAIM_KINDS: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType
 
 
 def _fail(message: str) -> AuthenticationFailed:
-    return AuthenticationFailed(message, code="invalid_api_key")
+    return AuthenticationFailed(message, code="invalid_api_key").because("jwt_invalid")
 
 
 class ClaimMapping(BaseModel):

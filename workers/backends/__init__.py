@@ -90,6 +90,11 @@ class Backends:
             self._pool.start()
         return self._pool
 
+    @property
+    def entropy_pool(self) -> Any:
+        """The worker's entropy pool, if a quantum-sampled model made one."""
+        return self._pool
+
     def _engine(self, entry: ModelEntry) -> Any:
         name = entry.litellm_params.upstream_model
         if name not in self._engines:

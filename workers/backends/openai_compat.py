@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 
 from gateway.config import ModelEntry
+from observability import calls
 from workers.backends.base import Backend, BackendError, WholeAnswer
 from workers.queue import JobSpec
 
@@ -101,7 +102,7 @@ class OpenAICompatibleBackend(Backend):
         while True:
             try:
                 resp = await self.session.post(url, data=data, headers=self.headers, timeout=self._timeout(job))
-            except asyncio.TimeoutError as e:
+            except TimeoutError as e:
                 raise BackendError(504, "The upstream model did not answer in time.", type_="timeout_error",
                                    code="timeout") from e
             except aiohttp.ClientError as e:
@@ -122,6 +123,9 @@ class OpenAICompatibleBackend(Backend):
                 delay = max(delay, retry_after)
             if delay >= job.remaining():
                 raise err
+            if cold:
+                calls.note_cold_start(job.model)
+            calls.note_retry("openai", _retry_reason(err, cold))
             log.info("upstream %s answered %d; %s %d in %.2fs", self.base, err.status,
                      "cold start, waiting: try" if cold else "retry", attempt, delay)
             await asyncio.sleep(delay)
@@ -191,3 +195,14 @@ async def _error_from(resp: aiohttp.ClientResponse) -> BackendError:
         except ValueError:
             pass
     return err
+
+
+def _retry_reason(err: BackendError, cold: bool) -> str:
+    """A bounded label for the retry metric."""
+    if cold:
+        return "cold_start"
+    if err.status == 429:
+        return "rate_limited"
+    if err.code == "upstream_unreachable":
+        return "unreachable"
+    return "server_error"

@@ -1,0 +1,33 @@
+"""GET /metrics: Prometheus exposition of the gateway, the workers sharing its host, and the queue's state.
+
+Unauthenticated like the health probes (scrapers rarely carry credentials; no secret, key or request id is
+ever a label); turn it off with ``gatehouse.metrics.enabled: false`` where the port is public.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.errors import NotFound
+from gateway.services import services
+from observability import metrics
+from observability.queue_state import QueueState, QueueStateCollector, read_state
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus(request: Request) -> Response:
+    svc = services(request)
+    if not svc.config.settings.metrics.enabled:
+        raise NotFound("Unknown route: GET /metrics (metrics are disabled in this gateway's config).")
+    try:
+        state = await asyncio.wait_for(read_state(svc.redis), 2)
+    except Exception:  # noqa: BLE001 - Redis down: say so in gatehouse_queue_up, keep the rest
+        state = QueueState(up=False)
+    # multiprocess mode reads one file per process: keep that off the event loop
+    body = await asyncio.to_thread(metrics.render, [QueueStateCollector(state)])
+    return Response(body, media_type=metrics.CONTENT_TYPE)
