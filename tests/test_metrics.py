@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 
 import httpx
 import openai
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import create_key
+from conftest import create_key, free_port, stop_processes, wait_http
 from gateway.routes import openai as openai_routes
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -149,3 +153,26 @@ def test_labels_stay_bounded(stack, client) -> None:  # type: ignore[no-untyped-
     for (_, ls) in samples:
         for k, v in ls:
             assert not hexid.search(v), (k, v)  # no request ids, session ids or user ids as label values
+
+
+def test_worker_on_another_host_serves_its_own_port(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker with metrics.worker_port and no shared metrics directory (another host) serves /metrics."""
+    port = free_port()
+    cfg = yaml.safe_load(stack.config_path.read_text())
+    cfg["gatehouse"]["metrics"] = {"worker_port": port, "worker_host": "127.0.0.1"}
+    path = tmp_path / "remote-worker.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": stack.database_url,
+           "GATEHOUSE_MASTER_KEY": stack.master_key}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("GATEHOUSE_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "-c", str(path)], env=env,
+                            stdout=(tmp_path / "worker.log").open("ab"), stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics", procs=[proc])
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'gatehouse_jobs_total{lane="interactive",outcome="ok"}' in text  # primed at start-up
+        assert "gen_ai_client_operation_duration_seconds" in text
+        assert "route=\"" not in text  # gateway series live in the gateway, not here
+    finally:
+        stop_processes([proc])
