@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.cli_keys import keys_app
+from gateway.cli_traces import traces_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.embedded import ensure_master_key, read_master_key
 from observability.logs import setup_logging
@@ -155,6 +156,7 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")]
 
 
 app.add_typer(keys_app, name="keys")
+app.add_typer(traces_app, name="traces")
 
 
 def main() -> None:
