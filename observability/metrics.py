@@ -110,19 +110,31 @@ TRACING_EXPORTED = Counter("gatehouse_tracing_exported_spans", "Trace spans acce
 
 AUTH_REASONS = ("missing", "invalid", "expired", "jwt_invalid", "forbidden")
 JOB_OUTCOMES = ("ok", "error", "timeout", "cancelled")
+RATE_LIMIT_SCOPES = ("key", "jwt", "team")
+RATE_LIMITS = ("rpm", "tpm", "parallel", "budget")
+RETRY_REASONS = ("server_error", "rate_limited", "unreachable", "cold_start")
 
 
 def prime(lanes: Iterable[str], models: Iterable[str]) -> None:
-    """Create the label sets dashboards and alerts expect, so a quiet system reports zeros rather than nothing
-    (a rate over an absent series is no data, not 0)."""
+    """Create the label sets dashboards and alerts expect, so a quiet system reports zeros rather than nothing:
+    a rate over a series that appears with its first increment misses that increment, and a rate over an
+    absent series is no data, not 0. Only bounded sets (config models, fixed vocabularies)."""
     for reason in AUTH_REASONS:
         AUTH_FAILURES.labels(reason)
+    for scope in RATE_LIMIT_SCOPES:
+        for limit in RATE_LIMITS:
+            RATE_LIMITED.labels(scope, limit)
+    for reason in RETRY_REASONS:
+        BACKEND_RETRIES.labels("openai", reason)
     for lane in lanes:
         QUEUE_REJECTIONS.labels(lane)
         for outcome in JOB_OUTCOMES:
             JOBS.labels(lane, outcome)
     for model in models:
         COLD_STARTS.labels(model)
+        SPEND.labels(model, "")
+        for token_type in ("input", "output"):
+            TOKENS.labels(model, token_type, "")
     for reason in ("queue_full", "export_failed"):
         TRACING_DROPPED.labels(reason)
 

@@ -123,7 +123,9 @@ class Tracer:
             headers=langfuse_headers(settings.public_key, secret) | {
                 # what the SDK sends: Langfuse decodes the attributes of SDK-encoded spans by these
                 "x-langfuse-sdk-name": "python", "x-langfuse-sdk-version": langfuse.__version__,
-                "x-langfuse-public-key": settings.public_key, "x-langfuse-ingestion-version": "4"})
+                "x-langfuse-public-key": settings.public_key,
+                # SDK 5.x sends this (servers >= 4.59); 4.x, for older self-hosted servers, does not
+                **({} if legacy_sdk() else {"x-langfuse-ingestion-version": "4"})})
         _forget_langfuse_client(settings.public_key, None)  # the SDK keeps one client per key and process
         # BatchSpanProcessor reads its queue size only from this variable; ours is the bound that counts, the
         # processor's must not be smaller (it would drop spans silently)
@@ -263,6 +265,8 @@ class _TraceSpans:
         if self.failed:
             trace_meta |= {"status": call.status, "error": call.error}
         self.root = {**common, a.OBSERVATION_TYPE: "span", **_metadata(a.TRACE_METADATA, trace_meta), **io, **level}
+        if legacy_sdk():  # servers before 4.59 read a trace's input/output from attributes of their own
+            self.root |= {LEGACY_TRACE_IO[k]: v for k, v in io.items()}
         self.queue = {a.OBSERVATION_TYPE: "span",
                       **_metadata(a.OBSERVATION_METADATA, {"lane": call.lane, "queue_wait_ms": queue_wait_ms})}
         self.upstream = {a.OBSERVATION_TYPE: "span", **_metadata(
@@ -342,6 +346,18 @@ class _CountingExporter(SpanExporter):
 
 # ── encoding, as the Langfuse SDK does it ──────────────────────────────────────────────────────────────
 @functools.cache
+@functools.cache
+def legacy_sdk() -> bool:
+    """True with the Langfuse SDK 4.x, the one for self-hosted servers older than 4.59."""
+    import langfuse
+
+    return int(langfuse.__version__.split(".", 1)[0]) < 5
+
+
+LEGACY_TRACE_IO = {"langfuse.observation.input": "langfuse.trace.input",
+                   "langfuse.observation.output": "langfuse.trace.output"}
+
+
 def _names() -> Any:
     """``LangfuseOtelSpanAttributes`` (imported on first use: the SDK takes ~0.5 s to import)."""
     from langfuse import LangfuseOtelSpanAttributes

@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fake_langfuse import LangfuseThread  # noqa: E402
 from bench.fake_upstream import UpstreamThread  # noqa: E402
 
 pytest_plugins = ["jwt_support"]  # the JWT tests' keys, local JWKS server and verifier factory
@@ -227,9 +228,20 @@ def classifier_service(tmp_root: Path) -> Iterator[ClassifierService]:
     server.should_exit = True
 
 
+LANGFUSE_PK, LANGFUSE_SK = "pk-lf-gatehouse-tests", "sk-lf-gatehouse-tests"
+
+
+@pytest.fixture(scope="session")
+def langfuse_server() -> Iterator[LangfuseThread]:
+    """A local server speaking Langfuse's OTLP ingestion and public API (bench/fake_langfuse.py)."""
+    lf = LangfuseThread(public_key=LANGFUSE_PK, secret_key=LANGFUSE_SK).start()
+    yield lf
+    lf.stop()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamThread, idp: IdP,
-          classifier_service: ClassifierService) -> Iterator[Stack]:
+          classifier_service: ClassifierService, langfuse_server: LangfuseThread) -> Iterator[Stack]:
     port = free_port()
     classifiers = [
         {"model_name": "prompt-classifier", "litellm_params": {"model": "local/classifier",
@@ -243,6 +255,8 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
                          "max_body_bytes": 1024 * 1024, "max_tokens_limit": 100_000, "upstream_retries": 2,
                          "teams": {"team-small": {"rpm_limit": 3}},
                          "modal": {"hybrid_scaling": True, "scaling_dry_run": True},
+                         "tracing": {"public_key": LANGFUSE_PK, "secret_key": LANGFUSE_SK,
+                                     "base_url": langfuse_server.base_url, "flush_interval_s": 0.2},
                          "jwt": {"hs256_secret": JWT_SECRET, "issuer": idp.issuer, "audience": idp.audience,
                                  "jwks_url": upstream.base_url.removesuffix("/v1") + "/.well-known/jwks.json",
                                  "claims": {"admin": "roles"}}}}
@@ -252,8 +266,9 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
     metrics_dir.mkdir()
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,
            "GATEHOUSE_LOG_LEVEL": "info", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    env.pop("GATEHOUSE_CONFIG", None)
-    env.pop("GATEHOUSE_PORT", None)
+    for name in ("GATEHOUSE_CONFIG", "GATEHOUSE_PORT", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL",
+                 "LANGFUSE_HOST", "LANGFUSE_SAMPLE_RATE", "GATEHOUSE_TRACE_MASKING"):
+        env.pop(name, None)  # the environment would beat the file
     procs = start_processes(path, env, tmp_root / "logs")
     base = f"http://127.0.0.1:{port}"
     try:
