@@ -397,8 +397,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--public-key", default="pk-lf-test")
     parser.add_argument("--secret-key", default="sk-lf-test")
+    parser.add_argument("--mode", choices=("ok", "slow", "error"), default="ok",
+                        help="ok; slow: stall --stall seconds before answering each export; error: answer 500")
+    parser.add_argument("--stall", type=float, default=5.0, help="seconds a slow export stalls (default 5)")
     args = parser.parse_args()
     fake = FakeLangfuse(args.public_key, args.secret_key)
+    fake.mode, fake.stall_s = args.mode, args.stall
     web.run_app(fake.app, host=args.host, port=args.port, access_log=None, print=None)
 
 

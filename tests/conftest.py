@@ -140,6 +140,7 @@ def model_list(upstream_base: str) -> list[dict]:
                                                   "qrng_base_url": upstream_base.removesuffix("/v1")}},
         entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"), entry("status-503", max_retries=1),
         entry("flaky-503"), entry("status-429", max_retries=0), entry("cold-1.5", cold_start_retry=True, max_retries=0),
+        entry("cold-1", cold_start_retry=True, max_retries=0), entry("cold-0.8", cold_start_retry=True, max_retries=0),
         entry("status-502", cold_start_retry=True),
         {"model_name": "priced", "litellm_params": {"model": "openai/fake", "api_base": upstream_base,
                                                     "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}},

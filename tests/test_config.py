@@ -86,6 +86,8 @@ def test_defaults_serve_chargpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ("model_list: []\n", "model_list: must name at least one model"),
     ("- just\n- a list\n", "the top level must be a mapping"),
     ("key: [unclosed\n", "not valid YAML"),
+    ("gatehouse:\n  tracing:\n    masking: blur\n", "gatehouse.tracing.masking: Input should be 'off', 'hash' or 'drop'"),
+    ("gatehouse:\n  metrics:\n    worker_port: 0\n", "gatehouse.metrics.worker_port: Input should be greater than"),
 ])
 def test_invalid_config_messages(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -106,3 +108,16 @@ def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GATEHOUSE_PORT", raising=False)
     cfg = load_config(Path(__file__).resolve().parents[1] / "gatehouse.example.yaml")
     assert "chargpt" in cfg.models() and cfg.settings.port == 8000
+
+
+def test_tracing_settings_from_file_and_langfuse_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, "gatehouse:\n  tracing:\n    public_key: pk-file\n    masking: off\n")
+    t = load_config(path).settings.tracing
+    assert t.masking == "off" and not t.enabled  # a bare YAML `off` is the mode, not false; no secret: off
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-env")
+    monkeypatch.setenv("LANGFUSE_HOST", "http://langfuse.internal:3000")
+    t = load_config(path).settings.tracing
+    assert t.enabled and t.public_key == "pk-file" and t.base_url == "http://langfuse.internal:3000"
+    assert "sk-env" not in repr(t)

@@ -115,11 +115,11 @@ def test_backend_errors_retries_and_cold_starts(stack, client) -> None:  # type:
     before = scrape(stack.base_url)
     with pytest.raises(openai.APIStatusError):
         client.with_options(max_retries=0).chat.completions.create(model="status-503", messages=MSG)
-    client.chat.completions.create(model="cold-1.5", messages=[{"role": "user", "content": uuid.uuid4().hex}])
+    client.chat.completions.create(model="cold-1", messages=[{"role": "user", "content": uuid.uuid4().hex}])
 
     def done(s: Samples) -> bool:
-        return value(s, "gatehouse_modal_cold_starts_total", model="cold-1.5") > \
-            value(before, "gatehouse_modal_cold_starts_total", model="cold-1.5")
+        return value(s, "gatehouse_modal_cold_starts_total", model="cold-1") > \
+            value(before, "gatehouse_modal_cold_starts_total", model="cold-1")
 
     after = wait_for(stack.base_url, done)
 
@@ -132,7 +132,7 @@ def test_backend_errors_retries_and_cold_starts(stack, client) -> None:  # type:
     assert delta("gen_ai_client_operation_duration_seconds_count", gen_ai_request_model="status-503") >= 1
     assert any(n == "gen_ai_client_operation_duration_seconds_count" and ("gen_ai_request_model", "status-503") in ls
                and dict(ls)["error_type"] not in ("", "ok") for (n, ls) in after)
-    assert delta("gatehouse_modal_cold_starts_total", model="cold-1.5") == 1  # once per request, however many tries
+    assert delta("gatehouse_modal_cold_starts_total", model="cold-1") == 1  # once per request, however many tries
     assert delta("gatehouse_backend_retries_total", backend="openai", reason="cold_start") >= 1
 
 

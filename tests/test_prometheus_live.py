@@ -133,7 +133,7 @@ def drive_traffic(stack: Stack) -> None:
         client.chat.completions.create(model="status-503", messages=MSGS)
     # fails once per distinct body, then succeeds: a retry (a fresh body, whatever ran before in the session)
     client.chat.completions.create(model="flaky-503", messages=[{"role": "user", "content": f"retry {uuid.uuid4()}"}])
-    client.chat.completions.create(model="cold-1.5", messages=MSGS)  # scale-from-zero: waits, then answers
+    client.chat.completions.create(model="cold-0.8", messages=MSGS)  # scale-from-zero: waits, then answers
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=stack.base_url + "/v1", api_key="sk-wrong-key", max_retries=0, timeout=30).models.list()
 
