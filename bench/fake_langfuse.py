@@ -67,7 +67,7 @@ class FakeLangfuse:
         self.exports = 0  # export requests answered 200
         self.export_attempts = 0  # export requests received, whatever the answer
         self.export_headers: list[dict[str, str]] = []
-        self.mode = "ok"  # ok | slow | error
+        self.mode = "ok"  # ok | slow | error | discard
         self.stall_s = 5.0
         self.legacy_trace_api = True  # False: GET /api/public/traces/{id} answers 404, as where only v2 reads are
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -82,6 +82,10 @@ class FakeLangfuse:
         self.export_attempts += 1
         if not self._authorized(request):
             return _error(401, "Invalid credentials")
+        if self.mode == "discard":  # benchmarks: a Langfuse whose CPU is not on this machine
+            await request.read()
+            self.exports += 1
+            return web.Response(body=b"", content_type="application/x-protobuf")
         self.export_headers.append({k.lower(): v for k, v in request.headers.items()})
         if self.mode == "slow":
             await asyncio.sleep(self.stall_s)
@@ -397,8 +401,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--public-key", default="pk-lf-test")
     parser.add_argument("--secret-key", default="sk-lf-test")
-    parser.add_argument("--mode", choices=("ok", "slow", "error"), default="ok",
-                        help="ok; slow: stall --stall seconds before answering each export; error: answer 500")
+    parser.add_argument("--mode", choices=("ok", "slow", "error", "discard"), default="ok",
+                        help="ok; slow: stall --stall seconds before answering each export; error: answer 500; "
+                             "discard: answer 200 without decoding or keeping anything (benchmarks)")
     parser.add_argument("--stall", type=float, default=5.0, help="seconds a slow export stalls (default 5)")
     args = parser.parse_args()
     fake = FakeLangfuse(args.public_key, args.secret_key)

@@ -6,7 +6,8 @@
 Four Gatehouse stacks (gateway + worker + fake upstream + embedded Valkey each) run at once:
 
   off    tracing not configured
-  ok     tracing to a local Langfuse (bench/fake_langfuse.py, its own process) that answers at once
+  ok     tracing to a local Langfuse (bench/fake_langfuse.py --mode discard, its own process) that answers at
+         once without decoding: a real Langfuse's CPU is on another machine
   slow   tracing to a Langfuse that stalls every export for 5 s (past the 2 s export timeout)
   down   tracing to a port where nothing listens
 
@@ -35,9 +36,14 @@ from bench.stack import KEY, ROOT, free_port, running_stack, wait_ready  # noqa:
 PK, SK = "pk-lf-bench", "sk-lf-bench"
 
 
-def tracing(base_url: str) -> dict:
-    return {"tracing": {"public_key": PK, "secret_key": SK, "base_url": base_url, "export_timeout_s": 2,
-                        "flush_interval_s": 1.0}}
+def settings(base_url: str | None) -> dict:
+    """Gatehouse settings: tracing to ``base_url`` (None: off), and the worker's own metrics port (the bench
+    stacks run like separate hosts, without a shared metrics directory)."""
+    out: dict = {"metrics": {"worker_port": free_port(), "worker_host": "127.0.0.1"}}
+    if base_url:
+        out["tracing"] = {"public_key": PK, "secret_key": SK, "base_url": base_url, "export_timeout_s": 2,
+                          "flush_interval_s": 1.0}
+    return out
 
 
 def langfuse(port: int, mode: str) -> subprocess.Popen[bytes]:
@@ -61,12 +67,12 @@ async def tracing_counts(session_url: str) -> dict[str, float]:
 
 async def run(args: argparse.Namespace) -> dict:
     ok_port, slow_port, down_port = free_port(), free_port(), free_port()
-    servers = [langfuse(ok_port, "ok"), langfuse(slow_port, "slow")]
+    servers = [langfuse(ok_port, "discard"), langfuse(slow_port, "slow")]
     try:
         for port in (ok_port, slow_port):
             await wait_ready(f"http://127.0.0.1:{port}/api/public/health")
-        configs = {"off": {}, "ok": tracing(f"http://127.0.0.1:{ok_port}"),
-                   "slow": tracing(f"http://127.0.0.1:{slow_port}"), "down": tracing(f"http://127.0.0.1:{down_port}")}
+        configs = {"off": settings(None), "ok": settings(f"http://127.0.0.1:{ok_port}"),
+                   "slow": settings(f"http://127.0.0.1:{slow_port}"), "down": settings(f"http://127.0.0.1:{down_port}")}
         async with AsyncExitStack() as stacks:
             st = {name: await stacks.enter_async_context(running_stack(gatehouse=cfg))
                   for name, cfg in configs.items()}
@@ -82,7 +88,8 @@ async def run(args: argparse.Namespace) -> dict:
                     rounds.setdefault(name, []).append(await saturate(url, h, args.concurrency, args.duration))
             res["c32"] = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in rounds.items()}
             await asyncio.sleep(3)  # let the exporters finish (or give up on) what is queued
-            res["spans"] = {name: await tracing_counts(s.gateway) for name, s in st.items()}
+            res["spans"] = {name: await tracing_counts(f"http://127.0.0.1:{configs[name]['metrics']['worker_port']}")
+                            for name in st}
             return res
     finally:
         for p in servers:

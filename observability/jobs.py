@@ -83,7 +83,8 @@ class JobObserver:
                 call.output = {k: v for k, v in data.items() if k not in VENDOR_FIELDS}
 
     def finish(self, call: CallRecord, status: Status, error: dict[str, Any] | None = None) -> None:
-        """The job ended: record metrics, hand the record to the tracer."""
+        """The job ended: close the record and count it. (``trace`` hands it to the tracer: the worker calls
+        that once the answer is written, so building the trace never delays it.)"""
         call.finished_at = time.time()
         call.status, call.error = status, error
         if isinstance(call.output, list):
@@ -103,7 +104,13 @@ class JobObserver:
             if p_in or p_out:
                 c_in, c_out = call.usage.get("input", 0) * p_in, call.usage.get("output", 0) * p_out
                 call.cost = {"input": c_in, "output": c_out, "total": c_in + c_out}
-        if self.tracer is not None and call.context is not None:
+
+    def traced(self, call: CallRecord) -> bool:
+        return self.tracer is not None and call.context is not None
+
+    def trace(self, call: CallRecord) -> None:
+        """Build and queue the job's trace (~0.2 ms of CPU, no I/O; the export runs in the tracer's thread)."""
+        if self.traced(call):
             self.tracer.record(call)
 
     # ── periodic ──────────────────────────────────────────────────────────────────────────────────────

@@ -39,6 +39,7 @@ from workers.events import EventWriter
 
 log = logging.getLogger("gatehouse.worker")
 FINAL_EVENTS = "final_events"
+FINISHED_CALLS = "finished_calls"  # job id -> CallRecord to trace once its answer is written
 
 
 async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
@@ -89,6 +90,7 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     except asyncio.CancelledError:
         obs.finish(call, "cancelled", {"status": 499, "type": "invalid_request_error", "code": "cancelled",
                                        "message": "The request was cancelled."})
+        obs.trace(call)  # nobody waits for this answer
         final.append(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
         await _hand_over(ctx, spec.id, writer, final)
         raise
@@ -98,6 +100,11 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
                                   "message": "The worker had an internal error running this request."}
         final.append(q.error_event(500, error["message"], "server_error", "internal_error"))
     obs.finish(call, status, error)
+    if obs.traced(call):
+        if FINISHED_CALLS in ctx:
+            ctx[FINISHED_CALLS][spec.id] = call  # traced by GatehouseWorker.finish_job, after the answer is out
+        else:
+            obs.trace(call)
     await _hand_over(ctx, spec.id, writer, final)
 
 
@@ -123,6 +130,7 @@ class GatehouseWorker(Worker):
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
         self.ctx[FINAL_EVENTS] = {}
+        self.ctx[FINISHED_CALLS] = {}
         self._claim = self.pool.register_script(q.CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -185,6 +193,17 @@ class GatehouseWorker(Worker):
                          keep_in_progress: float | None) -> None:
         """arq's end-of-job bookkeeping, with the request's last output events in the same transaction."""
         events = self.ctx[FINAL_EVENTS].pop(job_id, None)
+        try:
+            await self._finish_job(job_id, events, finish, result_data, result_timeout_s, keep_result_forever,
+                                   incr_score, keep_in_progress)
+        finally:
+            call = self.ctx[FINISHED_CALLS].pop(job_id, None)
+            if call is not None:
+                self.ctx["observer"].trace(call)
+
+    async def _finish_job(self, job_id: str, events: list[bytes] | None, finish: bool, result_data: bytes | None,
+                          result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
+                          keep_in_progress: float | None) -> None:
         if events is None or not finish or result_data is not None or keep_in_progress is not None:
             if events:
                 await EventWriter(self.pool, job_id).write(events)
