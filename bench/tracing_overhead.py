@@ -36,13 +36,16 @@ from bench.stack import KEY, ROOT, free_port, running_stack, wait_ready  # noqa:
 PK, SK = "pk-lf-bench", "sk-lf-bench"
 
 
+FLUSH_AT = 64
+
+
 def settings(base_url: str | None) -> dict:
     """Gatehouse settings: tracing to ``base_url`` (None: off), and the worker's own metrics port (the bench
     stacks run like separate hosts, without a shared metrics directory)."""
     out: dict = {"metrics": {"worker_port": free_port(), "worker_host": "127.0.0.1"}}
     if base_url:
         out["tracing"] = {"public_key": PK, "secret_key": SK, "base_url": base_url, "export_timeout_s": 2,
-                          "flush_interval_s": 1.0}
+                          "flush_interval_s": 1.0, "flush_at": FLUSH_AT}
     return out
 
 
@@ -114,8 +117,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32, help="clients for the throughput test (default 32)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per throughput round (default 5)")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds per stack (default 3)")
+    p.add_argument("--flush-at", type=int, default=64, help="spans per export batch (default 64, the setting's default)")
     p.add_argument("--json", type=pathlib.Path, help="also write the raw results here")
     args = p.parse_args()
+    global FLUSH_AT
+    FLUSH_AT = args.flush_at
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     res = asyncio.run(run(args))
     if args.json:

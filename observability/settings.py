@@ -32,7 +32,7 @@ class TracingSettings(BaseSettings):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0,
                                validation_alias=AliasChoices("LANGFUSE_SAMPLE_RATE", "sample_rate"))
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    flush_at: int = Field(default=256, ge=1, le=10_000)  # spans per export batch
+    flush_at: int = Field(default=64, ge=1, le=10_000)  # spans per export batch: small batches keep the GIL free
     max_queue_spans: int = Field(default=8192, ge=16)  # spans waiting for export; past it new traces are dropped
     export_timeout_s: float = Field(default=10.0, gt=0, le=120)
     shutdown_timeout_s: float = Field(default=5.0, ge=0, le=60)
