@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 Status = Literal["ok", "error", "timeout", "cancelled"]
 
+# error codes Gatehouse itself gives (workers and backends); an upstream's own codes are not label values
+OWN_ERROR_CODES = frozenset({"timeout", "cancelled", "internal_error", "upstream_unreachable", "upstream_auth",
+                             "model_not_found", "unsupported_endpoint", "invalid_value"})
+
 # the gen_ai.operation.name of each job kind (OpenTelemetry GenAI conventions; ours where none fits)
 OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "generate": "generate_content",
                    "classify": "classify"}
@@ -74,12 +78,14 @@ class CallRecord:
 
     @property
     def error_type(self) -> str:
-        """The ``error.type`` label: empty on success, else the error's code or type."""
+        """The ``error.type`` label: empty on success; Gatehouse's own error codes as they are; anything an
+        upstream chose (its codes are free text) as the HTTP status it came with, so the label stays bounded."""
         if self.status == "ok":
             return ""
-        if self.error:
-            return str(self.error.get("code") or self.error.get("type") or self.status)
-        return self.status
+        err = self.error or {}
+        if err.get("code") in OWN_ERROR_CODES:
+            return str(err["code"])
+        return str(err["status"]) if err.get("status") else self.status
 
 
 # the record of the job running in this asyncio task (set by the worker), for backends to annotate

@@ -26,6 +26,8 @@ class JobObserver:
         self.prices = prices
         self.tracer = tracer  # observability.tracing.Tracer, or None
         self._pool_served_os = 0
+        self._cache: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._queue_wait = metrics.QUEUE_WAIT.labels(lane)
 
     # ── job lifecycle ─────────────────────────────────────────────────────────────────────────────────
     def start(self, spec: Any) -> CallRecord:
@@ -40,7 +42,7 @@ class JobObserver:
             call.input = _input_of(spec.kind, spec.body)
             call.model_parameters = {k: spec.body[k] for k in SAMPLING_PARAMS if spec.body.get(k) is not None}
             call.output = []  # streamed text pieces, joined at the end
-        metrics.QUEUE_WAIT.labels(self.lane).observe(call.queue_wait_s)
+        self._queue_wait.observe(call.queue_wait_s)
         calls.current.set(call)
         return call
 
@@ -91,19 +93,32 @@ class JobObserver:
             text = "".join(call.output)
             call.output = text if len(text) <= MAX_TRACED_TEXT else text[:MAX_TRACED_TEXT] + "…"
         calls.current.set(None)
-        op, model, err_type = call.operation, call.model, call.error_type
-        metrics.JOBS.labels(self.lane, status).inc()
+        model, err_type = call.model, call.error_type
+        jobs, duration, tokens_in, tokens_out = self._children(call.operation, model, status, err_type)
+        jobs.inc()
         if status != "cancelled":  # a cancelled call measures the client, not the model
-            metrics.OPERATION_DURATION.labels(op, model, err_type).observe(call.finished_at - call.started_at)
+            duration.observe(call.finished_at - call.started_at)
         if status == "error" and error is not None:
             metrics.BACKEND_ERRORS.labels(call.backend, err_type).inc()
         if call.usage:
-            metrics.TOKEN_USAGE.labels(op, model, "input").observe(call.usage.get("input", 0))
-            metrics.TOKEN_USAGE.labels(op, model, "output").observe(call.usage.get("output", 0))
+            tokens_in.observe(call.usage.get("input", 0))
+            tokens_out.observe(call.usage.get("output", 0))
             p_in, p_out = self.prices.get(model, (0.0, 0.0))
             if p_in or p_out:
                 c_in, c_out = call.usage.get("input", 0) * p_in, call.usage.get("output", 0) * p_out
                 call.cost = {"input": c_in, "output": c_out, "total": c_in + c_out}
+
+    def _children(self, op: str, model: str, status: str, err_type: str) -> tuple[Any, Any, Any, Any]:
+        """The labelled metric children of one (operation, model, outcome): looked up once, then reused (a
+        ``labels()`` lookup costs about as much as the observation itself). Bounded: models come from the
+        config, outcomes and error types from fixed vocabularies."""
+        key = (op, model, status, err_type)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = (
+                metrics.JOBS.labels(self.lane, status), metrics.OPERATION_DURATION.labels(op, model, err_type),
+                metrics.TOKEN_USAGE.labels(op, model, "input"), metrics.TOKEN_USAGE.labels(op, model, "output"))
+        return children
 
     def traced(self, call: CallRecord) -> bool:
         return self.tracer is not None and call.context is not None

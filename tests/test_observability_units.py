@@ -1,0 +1,104 @@
+"""The pieces behind the metrics, without a stack: error labels stay bounded, the job observer's record and
+metrics, the entropy pool's gauges, the queue-state collector."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from gpu_apps.qgpt.entropy import EntropyPool, QrngClient
+from observability import metrics
+from observability.calls import CallRecord, TraceContext
+from observability.jobs import JobObserver
+from observability.queue_state import QueueState, QueueStateCollector
+from workers.queue import JobSpec
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def record(**kw: object) -> CallRecord:
+    now = time.time()
+    return CallRecord(request_id="r", kind="chat", model="m", backend="openai", lane="interactive", worker_id="w",
+                      enqueued_at=now, started_at=now, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status, error, label", [
+    ("ok", None, ""),
+    ("timeout", {"status": 504, "code": "timeout"}, "timeout"),
+    ("error", {"status": 502, "code": "upstream_unreachable"}, "upstream_unreachable"),
+    ("error", {"status": 400, "code": "some-upstream-specific-code-8f3a"}, "400"),  # free text -> its status
+    ("error", {"status": 503, "code": None, "type": "overloaded"}, "503"),
+    ("cancelled", None, "cancelled"),
+])
+def test_error_type_label_is_bounded(status: str, error: dict | None, label: str) -> None:
+    assert record(status=status, error=error).error_type == label
+
+
+def job(trace: bool = False, stream: bool = False) -> JobSpec:
+    ctx = TraceContext(route="POST /v1/chat/completions", received_at=time.time()).to_dict() if trace else None
+    return JobSpec(id="job-1", kind="chat", model="unit-model", body={"messages": [{"role": "user", "content": "hi"}],
+                   "temperature": 0.2}, stream=stream, deadline=time.time() + 30, trace=ctx)
+
+
+def test_observer_fills_the_record_and_counts_the_job() -> None:
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={"unit-model": "openai"},
+                      prices={"unit-model": (0.001, 0.002)}, tracer=object())  # a tracer: output is collected
+    before = sample("gatehouse_jobs_total", lane="unit-lane", outcome="ok")
+    call = obs.start(job(trace=True, stream=True))
+    obs.chunk(call, {"choices": [{"index": 0, "delta": {"content": "Hel"}}]})
+    obs.chunk(call, {"choices": [{"index": 0, "delta": {"content": "lo"}}], "quantum_diagnostics": {"x": 1}})
+    obs.chunk(call, {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    obs.finish(call, "ok")
+    assert call.output == "Hello" and call.input == [{"role": "user", "content": "hi"}]
+    assert call.model_parameters == {"temperature": 0.2} and call.metadata == {"quantum_diagnostics": {"x": 1}}
+    assert call.usage == {"input": 3, "output": 2, "total": 5}
+    assert call.cost == pytest.approx({"input": 0.003, "output": 0.004, "total": 0.007})
+    assert call.first_token_at is not None and call.started_at <= call.first_token_at <= call.finished_at
+    assert sample("gatehouse_jobs_total", lane="unit-lane", outcome="ok") == before + 1
+    assert sample("gen_ai_client_token_usage_sum", gen_ai_operation_name="chat", gen_ai_request_model="unit-model",
+                  gen_ai_token_type="output") >= 2
+
+
+def test_untraced_jobs_keep_no_input_or_output() -> None:
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=None)
+    call = obs.start(job(trace=True))
+    obs.result(call, {"choices": [{"index": 0, "message": {"content": "Hello"}}]})
+    obs.finish(call, "ok")
+    assert call.input is None and call.output is None and not obs.traced(call)
+
+
+async def test_pool_gauges_say_when_os_entropy_stands_in_for_the_qrng() -> None:
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=None)
+    plain = EntropyPool(None)  # no QRNG configured: the OS CSPRNG is the chosen source, not a fallback
+    plain.take(64)
+    obs.sample_pool(plain)
+    assert sample("gatehouse_qrng_fallback_active") == 0
+    fallbacks = sample("gatehouse_qrng_fallback_bytes_total")
+    qrng = EntropyPool(QrngClient("unit-key", base_url="http://127.0.0.1:9"))  # configured, never filled
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=None)
+    qrng.take(100)
+    obs.sample_pool(qrng)
+    assert sample("gatehouse_qrng_fallback_active") == 1
+    assert sample("gatehouse_qrng_fallback_bytes_total") == fallbacks + 100
+    obs.sample_pool(qrng)  # nothing new taken from the OS
+    assert sample("gatehouse_qrng_fallback_active") == 0
+    assert sample("gatehouse_qrng_pool_bytes") == qrng.stats()["level_bytes"]
+
+
+def test_queue_state_gauges() -> None:
+    state = QueueState(queued={"interactive": 7}, running={"interactive": 3}, workers_live=2, heartbeat_age_s=1.5)
+    fams = {f.name: f for f in QueueStateCollector(state).collect()}
+    assert fams["gatehouse_queue_depth"].samples[0].value == 4  # waiting = queued - running
+    assert fams["gatehouse_inflight_jobs"].samples[0].value == 3
+    assert fams["gatehouse_workers_live"].samples[0].value == 2
+    down = {f.name: f for f in QueueStateCollector(QueueState(up=False)).collect()}
+    assert list(down) == ["gatehouse_queue_up"] and down["gatehouse_queue_up"].samples[0].value == 0
+
+
+def test_render_includes_extra_collectors() -> None:
+    text = metrics.render([QueueStateCollector(QueueState(queued={"interactive": 1}))]).decode()
+    assert 'gatehouse_queue_depth{lane="interactive"} 1.0' in text and "gen_ai_client_operation_duration" in text
