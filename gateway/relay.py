@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from gateway import protocol as p
 from gateway.enqueue import Entries, entries_of
 from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
+from observability.calls import has_token
 from workers import queue as q
 
 DONE = b"data: [DONE]\n\n"
@@ -115,7 +116,7 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, includ
                 extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
                 choices = d.get("choices")
                 if choices:
-                    if outcome.first_token_at is None:
+                    if outcome.first_token_at is None and has_token(choices):
                         outcome.first_token_at = time.perf_counter()
                     yield _sse(shape.chunk(choices, None, d.get("system_fingerprint")))
             elif k == "result":

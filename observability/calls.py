@@ -88,6 +88,16 @@ class CallRecord:
         return str(err["status"]) if err.get("status") else self.status
 
 
+def has_token(choices: list[dict[str, Any]]) -> bool:
+    """Whether a streamed chunk carries generated output (not just the opening ``role`` delta): the moment
+    that counts as the first token."""
+    for c in choices:
+        d = c.get("delta")
+        if c.get("text") or (d and (d.get("content") or d.get("tool_calls") or d.get("reasoning_content"))):
+            return True
+    return False
+
+
 # the record of the job running in this asyncio task (set by the worker), for backends to annotate
 current: ContextVar[CallRecord | None] = ContextVar("gatehouse_call", default=None)
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from observability import calls, metrics
-from observability.calls import CallRecord, Status, TraceContext
+from observability.calls import CallRecord, Status, TraceContext, has_token
 
 MAX_TRACED_TEXT = 64_000  # characters of streamed output kept for a trace; the rest is elided
 VENDOR_FIELDS = ("quantum_diagnostics",)  # answer fields worth putting in a trace's metadata
@@ -51,7 +51,7 @@ class JobObserver:
         """A streamed chunk from the backend (OpenAI-shaped)."""
         choices = chunk.get("choices")
         if choices:
-            if call.first_token_at is None:
+            if call.first_token_at is None and has_token(choices):
                 call.first_token_at = time.time()
             if isinstance(call.output, list):
                 for c in choices:

@@ -49,6 +49,8 @@ def test_observer_fills_the_record_and_counts_the_job() -> None:
                       prices={"unit-model": (0.001, 0.002)}, tracer=object())  # a tracer: output is collected
     before = sample("gatehouse_jobs_total", lane="unit-lane", outcome="ok")
     call = obs.start(job(trace=True, stream=True))
+    obs.chunk(call, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    assert call.first_token_at is None  # the opening role delta is not a token
     obs.chunk(call, {"choices": [{"index": 0, "delta": {"content": "Hel"}}]})
     obs.chunk(call, {"choices": [{"index": 0, "delta": {"content": "lo"}}], "quantum_diagnostics": {"x": 1}})
     obs.chunk(call, {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
