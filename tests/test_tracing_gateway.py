@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
-from conftest import LANGFUSE_PK, LANGFUSE_SK, create_key
+from conftest import LANGFUSE_PK, LANGFUSE_SK, create_key, free_port, start_processes, stop_processes, wait_http
 
 MSG = [{"role": "user", "content": "Say hello to the gatehouse."}]
 
@@ -125,3 +127,30 @@ def test_tracing_counters_show_exports(stack, path) -> None:  # type: ignore[no-
     text = httpx.get(stack.base_url + path, timeout=10).text
     line = next(ln for ln in text.splitlines() if ln.startswith("gatehouse_tracing_exported_spans_total"))
     assert float(line.split()[-1]) > 0
+
+
+def test_worker_flushes_traces_on_graceful_shutdown(stack, langfuse_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker that exports once a minute still delivers its last traces when it is stopped (SIGTERM)."""
+    cfg = yaml.safe_load(stack.config_path.read_text())
+    cfg["gatehouse"]["port"] = port = free_port()
+    cfg["gatehouse"]["tracing"].update(flush_interval_s=60, flush_at=1000)
+    path = tmp_path / "lazy-exporter.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "REDIS_URL": stack.redis_url.rsplit("/", 1)[0] + "/3",  # a queue of its own
+           "DATABASE_URL": stack.database_url, "GATEHOUSE_MASTER_KEY": stack.master_key}
+    for name in ("GATEHOUSE_CONFIG", "GATEHOUSE_PORT", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(name, None)
+    gateway, worker = procs = start_processes(path, env, tmp_path / "logs")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", procs=procs)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "fake", "messages": MSG},
+                       headers={"authorization": f"Bearer {stack.master_key}"}, timeout=30)
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        time.sleep(1.0)
+        assert langfuse_server.fake.spans_of(rid) == []  # not exported yet: the batch waits for a minute
+        stop_processes([worker])
+        assert worker.returncode == 0
+        assert len(langfuse_server.fake.wait_for_spans(rid, 4, timeout_s=5)) == 4
+    finally:
+        stop_processes([gateway, worker])
