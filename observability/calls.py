@@ -38,8 +38,13 @@ class TraceContext:
                 "session_id": self.session_id, "key_alias": self.key_alias, "team_id": self.team_id}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TraceContext:
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any]) -> TraceContext | None:
+        """Tolerant: fields it does not know (a newer gateway's) are ignored; an unusable context is None, so
+        a job is never lost over its trace."""
+        try:
+            return cls(**{k: v for k, v in d.items() if k in cls.__slots__})  # type: ignore[attr-defined]
+        except (TypeError, AttributeError):
+            return None
 
 
 @dataclass(slots=True)

@@ -104,3 +104,14 @@ def test_queue_state_gauges() -> None:
 def test_render_includes_extra_collectors() -> None:
     text = metrics.render([QueueStateCollector(QueueState(queued={"interactive": 1}))]).decode()
     assert 'gatehouse_queue_depth{lane="interactive"} 1.0' in text and "gen_ai_client_operation_duration" in text
+
+
+def test_trace_context_from_another_version_never_loses_the_job() -> None:
+    newer = TraceContext.from_dict({"route": "POST /v1/chat/completions", "received_at": 1.0, "tenant_tier": "gold"})
+    assert newer is not None and newer.route == "POST /v1/chat/completions"  # unknown fields ignored
+    assert TraceContext.from_dict({"received_at": 1.0}) is None  # unusable: the job runs untraced
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=object())
+    spec = job()
+    spec.trace = {"garbage": True}
+    call = obs.start(spec)
+    assert call.context is None and not obs.traced(call)

@@ -311,7 +311,11 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         models = config.models()
         metrics.prime([lane], models)
         if s.metrics.worker_port:
-            metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
+            try:
+                metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
+            except OSError as e:  # e.g. the port is taken: serve requests anyway, say so once
+                log.error("cannot serve metrics on %s:%d (%s); this worker's metrics are not exposed",
+                          s.metrics.worker_host, s.metrics.worker_port, e.strerror or e)
         if s.tracing.enabled:
             from observability.tracing import build_tracer
 
