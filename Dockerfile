@@ -8,5 +8,7 @@ COPY observability observability
 RUN pip install --no-cache-dir . \
  && useradd --create-home gatehouse
 USER gatehouse
+# the data dir exists in the image, so a volume mounted there starts out owned by this user
+RUN mkdir -p /home/gatehouse/.gatehouse
 EXPOSE 8000
 CMD ["gatehouse", "serve", "--host", "0.0.0.0"]

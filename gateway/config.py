@@ -153,6 +153,11 @@ class GatehouseSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (env_settings, init_settings)  # environment beats the file
 
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # GATEHOUSE_MASTER_KEY= (e.g. compose's ${VAR:-}) means "not set"
+
     @field_validator("master_key")
     @classmethod
     def _no_placeholder(cls, v: SecretStr | None) -> SecretStr | None:

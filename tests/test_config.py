@@ -121,3 +121,8 @@ def test_tracing_settings_from_file_and_langfuse_environment(tmp_path: Path, mon
     t = load_config(path).settings.tracing
     assert t.enabled and t.public_key == "pk-file" and t.base_url == "http://langfuse.internal:3000"
     assert "sk-env" not in repr(t)
+
+
+def test_an_empty_master_key_variable_means_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEHOUSE_MASTER_KEY", "")  # what compose's ${GATEHOUSE_MASTER_KEY:-} gives when unset
+    assert load_config(write(tmp_path, "gatehouse: {}\n")).master_key() is None  # serve then generates one
