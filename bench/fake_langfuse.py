@@ -390,9 +390,18 @@ class LangfuseThread:
     def stop(self) -> None:
         """Close the port (connections are refused from now on) and end the thread."""
         if self._runner is not None and self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+        # handlers still stalling ("slow" mode) would be destroyed pending at exit: end them here
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def main() -> None:

@@ -211,6 +211,7 @@ class UpstreamThread:
         self.fake = FakeUpstream()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
+        self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="fake-upstream")
 
     @property
@@ -219,9 +220,9 @@ class UpstreamThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self.fake.app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, backlog=2048).start())
+        self._runner = web.AppRunner(self.fake.app, access_log=None, shutdown_timeout=0.2)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=2048).start())
         self._started.set()
         self._loop.run_forever()
 
@@ -231,7 +232,19 @@ class UpstreamThread:
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Close the port and end the handlers still running (slow streams), then the thread."""
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def main() -> None:
