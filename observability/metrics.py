@@ -38,6 +38,8 @@ from prometheus_client import (
 from prometheus_client.registry import REGISTRY, Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_ENV):  # a set but missing directory would fail every metric write
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # bucket boundaries from the OpenTelemetry GenAI semantic conventions
