@@ -30,7 +30,6 @@ import base64
 import binascii
 import gzip
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +39,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from bench.app_thread import AppThread
 
 VERSION = "3.0.0-fake"
 GENAI_GENERATION_OPERATIONS = {"chat", "completion", "text_completion", "generate_content", "generate"}
@@ -355,53 +356,19 @@ def _error(status: int, message: str) -> web.Response:
 
 
 # ── running it ────────────────────────────────────────────────────────────────────────────────────────
-class LangfuseThread:
-    """A FakeLangfuse on 127.0.0.1 in a background thread (for tests): ``base_url``, ``fake``, ``stop()``.
-    ``port=0`` picks a free port."""
+class LangfuseThread(AppThread):
+    """A FakeLangfuse on 127.0.0.1 in a background thread (for tests): ``base_url``, ``fake``, ``stop()`` (which
+    also makes the "down" case: the port refuses connections). ``port=0`` picks a free port."""
+
+    name = "langfuse"
 
     def __init__(self, port: int = 0, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test"):
-        self.port = port
         self.fake = FakeLangfuse(public_key, secret_key)
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-langfuse")
+        super().__init__(self.fake.app, port)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.fake.app, access_log=None, shutdown_timeout=0.2)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        self._loop.run_until_complete(site.start())
-        self.port = self._runner.addresses[0][1]
-        self._started.set()
-        self._loop.run_forever()
-
-    def start(self) -> LangfuseThread:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("the fake Langfuse did not start")
-        return self
-
-    def stop(self) -> None:
-        """Close the port (connections are refused from now on) and end the thread."""
-        if self._runner is not None and self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _shutdown(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-        # handlers still stalling ("slow" mode) would be destroyed pending at exit: end them here
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def main() -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import threading
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from bench.app_thread import AppThread
 
 CANNED = "Hello from the fake upstream, friend."
 
@@ -203,48 +204,18 @@ def _text_of(body: dict[str, Any], chat: bool) -> str:
     return prompt if isinstance(prompt, str) else str(prompt[0])
 
 
-class UpstreamThread:
-    """Runs a FakeUpstream on 127.0.0.1:port in a background thread (for tests)."""
+class UpstreamThread(AppThread):
+    """A FakeUpstream on 127.0.0.1:port in a background thread (for tests); ``fake`` is its state."""
 
-    def __init__(self, port: int):
-        self.port = port
+    name = "upstream"
+
+    def __init__(self, port: int = 0):
         self.fake = FakeUpstream()
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-upstream")
+        super().__init__(self.fake.app, port)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.fake.app, access_log=None, shutdown_timeout=0.2)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=2048).start())
-        self._started.set()
-        self._loop.run_forever()
-
-    def start(self) -> "UpstreamThread":
-        self._thread.start()
-        self._started.wait(10)
-        return self
-
-    def stop(self) -> None:
-        """Close the port and end the handlers still running (slow streams), then the thread."""
-        if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def main() -> None:
