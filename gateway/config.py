@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway.auth.jwt_auth import JwtSettings
+from gateway.env_first import EnvFirstSettings
 from observability.settings import MetricsSettings, TracingSettings
 
 ENV_REF = "os.environ/"
@@ -109,7 +110,7 @@ class ModalSettings(BaseModel):
     scaling_dry_run: bool = False  # decide and report, but do not call Modal's API
 
 
-class GatehouseSettings(BaseSettings):
+class GatehouseSettings(EnvFirstSettings):
     """Gatehouse's own knobs (the ``gatehouse:`` section of the file)."""
 
     model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="forbid", populate_by_name=True)
@@ -142,16 +143,6 @@ class GatehouseSettings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)  # environment beats the file
 
     @field_validator("master_key", mode="before")
     @classmethod

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from gateway.env_first import EnvFirstSettings
 
 Masking = Literal["off", "hash", "drop"]
 
 
-class TracingSettings(BaseSettings):
+class TracingSettings(EnvFirstSettings):
     model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
     public_key: str | None = Field(default=None, validation_alias=AliasChoices("LANGFUSE_PUBLIC_KEY", "public_key"))
@@ -37,16 +39,6 @@ class TracingSettings(BaseSettings):
     export_timeout_s: float = Field(default=10.0, gt=0, le=120)
     shutdown_timeout_s: float = Field(default=5.0, ge=0, le=60)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)  # environment beats the file, as everywhere in Gatehouse
 
     @field_validator("masking", mode="before")
     @classmethod
