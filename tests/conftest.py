@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 from bench.fake_langfuse import LangfuseThread  # noqa: E402
 from bench.fake_upstream import UpstreamThread  # noqa: E402
 
-pytest_plugins = ["jwt_support"]  # the JWT tests' keys, local JWKS server and verifier factory
+# the JWT tests' keys, local JWKS server and verifier factory; the tracing tests' fake Langfuse and tracers
+pytest_plugins = ["jwt_support", "tracing_support"]
 MASTER_KEY = "sk-gh-test-master-key-0123456789"
 JWT_SECRET = "test-shared-secret-for-hs256-tokens-0123456789"
 
