@@ -33,12 +33,11 @@ class JobObserver:
     def start(self, spec: Any) -> CallRecord:
         """A worker took ``spec`` (a workers.queue.JobSpec): start its record and make it current."""
         now = time.time()
-        traced = self.tracer is not None and spec.trace is not None
+        context = TraceContext.from_dict(spec.trace) if self.tracer is not None and spec.trace else None
         call = CallRecord(request_id=spec.id, kind=spec.kind, model=spec.model,
                           backend=self.backend_kinds.get(spec.model, "unknown"), lane=self.lane,
-                          worker_id=self.worker_id, enqueued_at=spec.enqueued_at, started_at=now,
-                          context=TraceContext.from_dict(spec.trace) if traced else None)
-        if traced:
+                          worker_id=self.worker_id, enqueued_at=spec.enqueued_at, started_at=now, context=context)
+        if context is not None:  # only a traced job keeps its input and output
             call.input = _input_of(spec.kind, spec.body)
             call.model_parameters = {k: spec.body[k] for k in SAMPLING_PARAMS if spec.body.get(k) is not None}
             call.output = []  # streamed text pieces, joined at the end
