@@ -81,24 +81,24 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
                 obs.result(call, result)
                 final.append(q.result_event(result))
     except BackendError as e:
-        status, error = "error", {"status": e.status, "type": e.type, "code": e.code, "message": e.message}
-        final.append(q.dumps({"k": "error", **error, "param": e.param}))
+        status, error = "error", {"status": e.status, "type": e.type, "code": e.code, "message": e.message,
+                                  "param": e.param}
     except TimeoutError:
         status, error = "timeout", {"status": 504, "type": "timeout_error", "code": "timeout",
                                     "message": "The request timed out before the model finished."}
-        final.append(q.error_event(504, error["message"], "timeout_error", "timeout"))
     except asyncio.CancelledError:
-        obs.finish(call, "cancelled", {"status": 499, "type": "invalid_request_error", "code": "cancelled",
-                                       "message": "The request was cancelled."})
+        error = {"status": 499, "type": "invalid_request_error", "code": "cancelled",
+                 "message": "The request was cancelled."}
+        obs.finish(call, "cancelled", error)
         obs.trace(call)  # nobody waits for this answer
-        final.append(q.error_event(499, "The request was cancelled.", "invalid_request_error", "cancelled"))
-        await _hand_over(ctx, spec.id, writer, final)
+        await _hand_over(ctx, spec.id, writer, [*final, q.dumps({"k": "error", **error})])
         raise
     except Exception:  # noqa: BLE001 - a bug must not leave the client waiting
         log.exception("request %s failed in the worker", spec.id)
         status, error = "error", {"status": 500, "type": "server_error", "code": "internal_error",
                                   "message": "The worker had an internal error running this request."}
-        final.append(q.error_event(500, error["message"], "server_error", "internal_error"))
+    if error is not None:
+        final.append(q.dumps({"k": "error", **error}))  # the relay's error event (workers/queue.py)
     obs.finish(call, status, error)
     if obs.traced(call):
         if FINISHED_CALLS in ctx:
