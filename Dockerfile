@@ -1,10 +1,12 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY core core
 COPY gateway gateway
 COPY workers workers
 COPY gpu_apps gpu_apps
 COPY observability observability
+COPY cli cli
 RUN pip install --no-cache-dir . \
  && useradd --create-home gatehouse
 USER gatehouse

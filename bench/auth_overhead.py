@@ -28,12 +28,12 @@ import orjson
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from bench.stack import KEY, running_stack  # noqa: E402
-from gateway.auth import Authenticator  # noqa: E402
-from gateway.auth.jwt_auth import JwtSettings, JwtVerifier  # noqa: E402
-from gateway.keys.cache import KeyCache  # noqa: E402
-from gateway.keys.store import KeyStore  # noqa: E402
+from bench.stack import KEY, running_stack
+from gateway.auth import Authenticator
+from core.settings import JwtSettings
+from gateway.auth.jwt_auth import JwtVerifier
+from gateway.keys.cache import KeyCache
+from gateway.keys.store import KeyStore
 
 SECRET = "bench-shared-secret-for-hs256-tokens-0123456789"
 BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})

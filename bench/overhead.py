@@ -31,8 +31,7 @@ import time
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script: python bench/overhead.py
-from bench.stack import KEY, running_stack  # noqa: E402
+from bench.stack import KEY, running_stack
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 

@@ -90,8 +90,8 @@ async def running_stack(workers: int = 1, postgres: bool = False,
             env["DATABASE_URL"] = database_url
         py = sys.executable
         procs.append(_start([py, "-m", "bench.fake_upstream", "--port", str(up_port)], env, tmp / "upstream.log"))
-        gw = _start([py, "-m", "gateway.cli", "serve"], env, tmp / "gateway.log")
-        wks = [_start([py, "-m", "gateway.cli", "worker"], env, tmp / f"worker{i}.log") for i in range(workers)]
+        gw = _start([py, "-m", "cli", "serve"], env, tmp / "gateway.log")
+        wks = [_start([py, "-m", "cli", "worker"], env, tmp / f"worker{i}.log") for i in range(workers)]
         procs += [gw, *wks]
         await wait_ready(f"http://127.0.0.1:{gw_port}/health/ready")
         await wait_ready(f"http://127.0.0.1:{up_port}/v1/models")

@@ -29,9 +29,8 @@ from contextlib import AsyncExitStack
 
 import orjson
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from bench.overhead import pct, saturate, sequential  # noqa: E402
-from bench.stack import KEY, ROOT, free_port, running_stack, wait_ready  # noqa: E402
+from bench.overhead import pct, saturate, sequential
+from bench.stack import KEY, ROOT, free_port, running_stack, wait_ready
 
 PK, SK = "pk-lf-bench", "sk-lf-bench"
 

@@ -14,14 +14,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.config import Config
+from core import __version__
+from core.config import Config
 from gateway.context import RequestContextMiddleware, request_id
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
 from gateway.routes import classify, generate, health, keys, metrics, openai
 from gateway.services import build_services
 from observability import metrics as prom
 from observability.http import count_refusal
-from workers import queue as q
+from core import queue as q
 
 log = logging.getLogger("gatehouse.gateway")
 
@@ -43,7 +44,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
             await app.state.services.aclose()
 
     docs = config.settings.expose_docs  # every route but the health probes needs a credential: docs are opt-in
-    app = FastAPI(title="Gatehouse", version="0.1.0", lifespan=lifespan, docs_url="/docs" if docs else None,
+    app = FastAPI(title="Gatehouse", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.include_router(openai.router)
     app.include_router(generate.router)

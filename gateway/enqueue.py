@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest, QueueFull
-from workers import queue as q
+from core import queue as q
 
 FIRST_READ_MS = 1_000
 UNLINK_EVERY_S = 0.2

@@ -13,11 +13,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway import protocol as p
+from core import schemas as p
 from gateway.enqueue import Entries, entries_of
 from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
 from observability.calls import has_token
-from workers import queue as q
+from core import queue as q
 
 DONE = b"data: [DONE]\n\n"
 _CHUNK_KEYS = ("choices", "usage", "system_fingerprint")

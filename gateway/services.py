@@ -12,14 +12,16 @@ from starlette.requests import Request
 
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
-from gateway.config import Config, ModelEntry, TeamLimits
+from core.config import Config, ModelEntry, TeamLimits
 from gateway.db.migrate import migrate
 from gateway.enqueue import JobQueue
 from gateway.errors import ServiceUnavailable
 from gateway.keys.cache import KeyCache
-from gateway.keys.store import KeyStore, parse_duration
+from core.durations import duration_seconds
+from core.pricing import FREE, Price, price_list
+from gateway.keys.store import KeyStore
 from gateway.limits import Limiter, Scope
-from gateway.spend import PgSpendLoader, SpendRecorder, price_of
+from gateway.spend import PgSpendLoader, SpendRecorder
 
 log = logging.getLogger("gatehouse.gateway")
 
@@ -35,7 +37,7 @@ class Services:
     keys: KeyCache
     limiter: Limiter
     spend: SpendRecorder
-    prices: dict[str, tuple[float, float]]
+    prices: dict[str, Price]
     team_scopes: dict[str, Scope]  # from the config's gatehouse.teams, built once
     tracing: bool = False  # Langfuse configured: jobs carry a trace context for the worker's trace
     started_at: float = field(default_factory=time.time)
@@ -51,8 +53,7 @@ class Services:
         return tuple(out)
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        p_in, p_out = self.prices.get(model, (0.0, 0.0))
-        return prompt_tokens * p_in + completion_tokens * p_out
+        return self.prices.get(model, FREE).cost(prompt_tokens, completion_tokens)
 
     async def database(self) -> asyncpg.Pool | None:
         """The PostgreSQL pool, (re)trying to open it (and migrate) if start-up could not."""
@@ -126,7 +127,7 @@ async def build_services(config: Config, master_key: str) -> Services:
         limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
         tracing=s.tracing.enabled,
         spend=spend,
-        prices={name: price_of(e) for name, e in models.items()},
+        prices=price_list(models),
         team_scopes={team_id: _team_scope(team_id, t) for team_id, t in s.teams.items()},
     )
     svc.limiter.spend_loader = PgSpendLoader(svc.database)
@@ -134,5 +135,5 @@ async def build_services(config: Config, master_key: str) -> Services:
 
 
 def _team_scope(team_id: str, t: TeamLimits) -> Scope:
-    period = int(parse_duration(t.budget_duration).total_seconds()) if t.budget_duration else None
-    return Scope("team", team_id, t.rpm_limit, t.tpm_limit, t.max_parallel_requests, t.max_budget, period)
+    return Scope("team", team_id, t.rpm_limit, t.tpm_limit, t.max_parallel_requests, t.max_budget,
+                 duration_seconds(t.budget_duration))

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import protocol as p
+from core import schemas as p
 from gateway.auth import MASTER, Principal
 from gateway.context import STARTED_KEY, request_id
 from gateway.errors import (
@@ -30,8 +30,8 @@ from gateway.relay import Outcome, Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
 from observability.calls import TraceContext
 from observability.http import count_usage, observe_stream, route_of
-from workers import queue as q
-from workers.queue import JobKind, JobSpec
+from core import queue as q
+from core.queue import JobKind, JobSpec
 
 log = logging.getLogger("gatehouse.gateway")
 T = TypeVar("T", bound=BaseModel)

@@ -2,8 +2,7 @@
 
 ``SpendRecorder.record`` only appends to a buffer; a background task writes the buffer with one ``COPY`` every
 ``FLUSH_EVERY_S`` (or sooner when it grows past ``FLUSH_ROWS``), so the request path never waits for the
-database. On shutdown the buffer is flushed. Prices come from the model's ``litellm_params`` or ``model_info``
-(``input_cost_per_token`` / ``output_cost_per_token``, LiteLLM's names), in USD.
+database. On shutdown the buffer is flushed. Prices are core.pricing's.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 import asyncpg
 
-from gateway.config import ModelEntry
 from gateway.limits import Scope, SpendLoader
 
 log = logging.getLogger("gatehouse.spend")
@@ -23,17 +21,6 @@ FLUSH_EVERY_S = 1.0
 FLUSH_ROWS = 500
 COLUMNS = ("request_id", "key_id", "team_id", "user_id", "model", "prompt_tokens", "completion_tokens", "cost",
            "created_at")
-
-
-def price_of(entry: ModelEntry) -> tuple[float, float]:
-    """(USD per prompt token, USD per completion token) for a model; (0, 0) when none is configured."""
-    sources: list[dict[str, Any]] = [entry.litellm_params.extra_params(), entry.model_info]
-    def pick(name: str) -> float:
-        for src in sources:
-            if src.get(name) is not None:
-                return float(src[name])
-        return 0.0
-    return pick("input_cost_per_token"), pick("output_cost_per_token")
 
 
 class SpendRecorder:

@@ -31,7 +31,7 @@ class JobObserver:
 
     # ── job lifecycle ─────────────────────────────────────────────────────────────────────────────────
     def start(self, spec: Any) -> CallRecord:
-        """A worker took ``spec`` (a workers.queue.JobSpec): start its record and make it current."""
+        """A worker took ``spec`` (a core.queue.JobSpec): start its record and make it current."""
         now = time.time()
         context = TraceContext.from_dict(spec.trace) if self.tracer is not None and spec.trace else None
         call = CallRecord(request_id=spec.id, kind=spec.kind, model=spec.model,

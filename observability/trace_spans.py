@@ -15,7 +15,7 @@ import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from observability.calls import CallRecord
-from observability.settings import TracingSettings
+from core.settings import TracingSettings
 
 MAX_ID_CHARS = 200  # Langfuse's limit for user and session ids (longer ones are cut)
 

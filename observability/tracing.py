@@ -53,7 +53,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from observability.calls import CallRecord
 from observability.metrics import TRACING_DROPPED, TRACING_EXPORTED
-from observability.settings import TracingSettings
+from core.settings import TracingSettings
 from observability.trace_spans import TraceSpans, attribute_names, legacy_sdk
 
 log = logging.getLogger("gatehouse.tracing")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 
 from bench.fake_langfuse import LangfuseThread  # noqa: E402
 from bench.fake_upstream import UpstreamThread  # noqa: E402
@@ -176,7 +176,7 @@ class Stack:
 
 def start_processes(config_path: Path, env: dict[str, str], logs: Path, workers: int = 1) -> list[subprocess.Popen[bytes]]:
     """Gateway + workers; their output goes to ``logs/<name>.log`` (tests read it)."""
-    exe = [sys.executable, "-m", "gateway.cli"]
+    exe = [sys.executable, "-m", "cli"]
     logs.mkdir(parents=True, exist_ok=True)
 
     def spawn(name: str, *argv: str) -> subprocess.Popen[bytes]:
@@ -295,7 +295,7 @@ def replica_url(stack: Stack) -> Iterator[str]:
     env.pop("GATEHOUSE_PORT", None)
     env.pop("GATEHOUSE_CONFIG", None)
     out = (stack.logs / "replica.log").open("ab")
-    replica = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
+    replica = subprocess.Popen([sys.executable, "-m", "cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health/live", procs=[replica])

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth.jwt_auth import JwtSettings, JwtVerifier
+from core.settings import JwtSettings
+from gateway.auth.jwt_auth import JwtVerifier
 from gateway.errors import AuthenticationFailed
 
 SECRET = "hs256-shared-secret-for-tests-0123456789"

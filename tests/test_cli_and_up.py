@@ -13,7 +13,7 @@ import openai
 
 from conftest import ROOT, free_port, wait_http
 
-GATEHOUSE = [sys.executable, "-m", "gateway.cli"]
+GATEHOUSE = [sys.executable, "-m", "cli"]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -148,7 +148,7 @@ def test_up_says_why_when_the_port_is_taken(tmp_path: Path) -> None:
 def test_embedded_valkey_moves_off_a_busy_port(tmp_path: Path) -> None:
     import socket
 
-    from gateway.embedded import DEFAULT_VALKEY_PORT, EmbeddedValkey
+    from cli.embedded import DEFAULT_VALKEY_PORT, EmbeddedValkey
 
     blocker = socket.socket()
     try:

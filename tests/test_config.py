@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 LITELLM_FILE = """
 model_list:
@@ -97,7 +97,7 @@ def test_invalid_config_messages(tmp_path: Path, text: str, message: str) -> Non
 
 def test_cli_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     p = write(tmp_path, "gatehouse:\n  port: not-a-port\n")
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "-c", str(p)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli", "serve", "-c", str(p)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert "config error" in r.stderr and "gatehouse.port" in r.stderr

@@ -29,7 +29,8 @@ from jwt_support import (
 )
 from pydantic import ValidationError
 
-from gateway.auth.jwt_auth import ClaimMapping, JwtSettings, JwtVerifier
+from core.settings import ClaimMapping, JwtSettings
+from gateway.auth.jwt_auth import JwtVerifier
 
 # --------------------------------------------------------------------------- the table
 

@@ -155,7 +155,7 @@ async def test_migrations_are_idempotent(stack) -> None:  # type: ignore[no-unty
 
 def test_keys_cli(stack) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "GATEHOUSE_ADMIN_KEY": stack.master_key}
-    run = [sys.executable, "-m", "gateway.cli", "keys"]
+    run = [sys.executable, "-m", "cli", "keys"]
     r = subprocess.run([*run, "create", "--alias", "cli-key", "-m", "echo", "--rpm", "5", "--base-url",
                         stack.base_url], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr

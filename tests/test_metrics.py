@@ -166,7 +166,7 @@ def test_worker_on_another_host_serves_its_own_port(stack, tmp_path) -> None:  #
            "GATEHOUSE_MASTER_KEY": stack.master_key}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("GATEHOUSE_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "-c", str(path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "-c", str(path)], env=env,
                             stdout=(tmp_path / "worker.log").open("ab"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics", procs=[proc])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import LiteLLMParams, ModelEntry
+from core.config import LiteLLMParams, ModelEntry
 from workers.backends.modal_cls import ModalClsBackend, modal_credentials, parse_target
 
 

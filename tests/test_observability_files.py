@@ -271,7 +271,7 @@ def test_compose_runs_the_whole_stack_with_health_checks(docker_compose: str) ->
 
 
 def test_compose_config_sets_the_worker_metrics_port() -> None:
-    from gateway.config import load_config
+    from core.config import load_config
 
     cfg = load_config(COMPOSE_CONFIG)  # validated by the real settings model
     scrape = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())["scrape_configs"]

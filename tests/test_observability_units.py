@@ -13,7 +13,7 @@ from observability import metrics
 from observability.calls import CallRecord, TraceContext
 from observability.jobs import JobObserver
 from observability.queue_state import QueueState, QueueStateCollector
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 
 def sample(name: str, **labels: str) -> float:

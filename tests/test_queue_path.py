@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from gateway.enqueue import JobQueue
 from gateway.errors import QueueFull
 from gateway.relay import read_events
-from workers import queue as q
+from core import queue as q
 from workers.events import EventWriter
 
 
@@ -159,7 +159,7 @@ def test_redis_down_gives_503_not_500(tmp_path, stack) -> None:  # type: ignore[
         "model": "openai/echo", "api_base": stack.upstream.base_url}}], "gatehouse": {"port": port}}))
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "GATEHOUSE_MASTER_KEY": stack.master_key}
     env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/health/live", procs=[proc])

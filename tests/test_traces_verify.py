@@ -19,9 +19,9 @@ from conftest import free_port
 from tracing_support import MESSAGES, PK, ROUTE, SK, auth, record, settings
 
 from bench.fake_langfuse import LangfuseThread
-from gateway.cli_traces import VerifyError, verify, wait_for_trace
+from cli.traces import VerifyError, verify, wait_for_trace
 from observability.calls import CallRecord, TraceContext
-from observability.settings import TracingSettings
+from core.settings import TracingSettings
 from observability.tracing import Tracer
 
 pytestmark = pytest.mark.usefixtures("clean_langfuse_env")
@@ -173,7 +173,7 @@ def test_verify_sends_a_request_and_finds_its_trace(langfuse: LangfuseThread, ma
 def test_verify_command(langfuse: LangfuseThread, make_tracer: Callable[..., Tracer], tmp_path: Any) -> None:
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["traces", "verify", "--help"]).exit_code == 0

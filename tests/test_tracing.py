@@ -19,7 +19,7 @@ from tracing_support import ANSWER, MESSAGES, PK, ROUTE, SK, auth, record, setti
 
 from bench.fake_langfuse import LangfuseThread
 from observability.calls import TraceContext
-from observability.settings import TracingSettings
+from core.settings import TracingSettings
 from observability.tracing import Tracer, build_tracer, trace_id_for
 
 pytestmark = pytest.mark.usefixtures("clean_langfuse_env")

@@ -110,7 +110,7 @@ def test_traces_verify_against_the_running_stack(stack, langfuse_server, tmp_pat
     env = {**os.environ, "LANGFUSE_PUBLIC_KEY": LANGFUSE_PK, "LANGFUSE_SECRET_KEY": LANGFUSE_SK,
            "LANGFUSE_BASE_URL": langfuse_server.base_url, "GATEHOUSE_API_KEY": stack.master_key}
     env.pop("GATEHOUSE_CONFIG", None)
-    cmd = [sys.executable, "-m", "gateway.cli", "traces", "verify", "--base-url", stack.base_url, "--model", "fake",
+    cmd = [sys.executable, "-m", "cli", "traces", "verify", "--base-url", stack.base_url, "--model", "fake",
            "--timeout", "30"]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from bench.fake_langfuse import LangfuseThread
 from observability.calls import CallRecord, TraceContext
-from observability.settings import TracingSettings
+from core.settings import TracingSettings
 from observability.tracing import Tracer, build_tracer
 
 PK, SK = "pk-lf-test", "sk-lf-test"

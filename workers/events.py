@@ -11,7 +11,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from workers import queue as q
+from core import queue as q
 
 
 class EventWriter:

@@ -27,13 +27,13 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.config import Config
-from gateway.spend import price_of
+from core.config import Config
+from core.pricing import price_list
 from observability import metrics
 from observability.calls import Status
 from observability.jobs import JobObserver
 from observability.logs import request_id_var
-from workers import queue as q
+from core import queue as q
 from workers.backends import BackendError, Backends, WholeAnswer
 from workers.events import EventWriter
 
@@ -322,7 +322,7 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
             tracer = build_tracer(s.tracing)
         ctx["observer"] = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
                                       backend_kinds={name: e.backend for name, e in models.items()},
-                                      prices={name: price_of(e) for name, e in models.items()})
+                                      prices=price_list(models))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await backends.aclose()

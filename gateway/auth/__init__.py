@@ -25,7 +25,7 @@ from starlette.requests import Request
 
 from gateway.errors import AuthenticationFailed
 from gateway.keys.cache import KeyCache
-from gateway.keys.store import parse_duration
+from core.durations import duration_seconds
 from gateway.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -122,12 +122,8 @@ class Authenticator:
                          key_id=record.key_id, user_id=record.user_id, team_id=record.team_id,
                          rpm_limit=record.rpm_limit, tpm_limit=record.tpm_limit,
                          max_parallel_requests=record.max_parallel_requests, max_budget=record.max_budget,
-                         budget_period_s=_seconds(record.budget_duration), metadata=record.metadata,
+                         budget_period_s=duration_seconds(record.budget_duration), metadata=record.metadata,
                          alias=record.key_alias)
-
-
-def _seconds(duration: str | None) -> int | None:
-    return int(parse_duration(duration).total_seconds()) if duration else None
 
 
 def _basic_pair(value: str) -> KeyCredential | None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import aiohttp
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
+from core.settings import JwtSettings
 from gateway.errors import AuthenticationFailed
 
 log = logging.getLogger("gatehouse.auth")
@@ -48,51 +48,6 @@ _CLAIM_KINDS: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType
 
 def _fail(message: str) -> AuthenticationFailed:
     return AuthenticationFailed(message, code="invalid_api_key").because("jwt_invalid")
-
-
-class ClaimMapping(BaseModel):
-    """Which claims make the identity. Names may be dotted paths into nested objects (``realm_access.roles``);
-    a claim literally named with dots (``https://idp/team``) wins over the nested reading."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    user: list[str] = Field(default_factory=lambda: ["sub", "user", "email"], min_length=1)  # first wins
-    team: str = "team_id"
-    models: str = "models"  # a list of model names, or one space/comma separated string
-    rpm_limit: str = "rpm_limit"
-    tpm_limit: str = "tpm_limit"
-    max_parallel_requests: str = "max_parallel_requests"
-    admin: str | None = None  # admin if this claim is true or holds admin_value (list or string)
-    admin_value: str = "gatehouse-admin"
-
-
-class JwtSettings(BaseModel):
-    """JWT config. ``issuer``/``audience`` describe the IdP: with ``jwks_url`` set they are checked on
-    RS256/ES256 tokens only (the shared-secret service's HS256 tokens carry no iss/aud); else on HS256."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never echo the secret
-
-    hs256_secret: SecretStr | None = None
-    jwks_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+")
-    issuer: str | None = None
-    audience: str | list[str] | None = None
-    leeway_s: float = Field(30, ge=0, le=300)
-    jwks_cache_ttl_s: float = Field(300, gt=0)
-    jwks_min_refresh_interval_s: float = Field(10, ge=0)  # unknown kids: at most one fetch per interval
-    jwks_timeout_s: float = Field(5, gt=0)
-    required_claims: list[str] = Field(default_factory=lambda: ["exp"])
-    claims: ClaimMapping = Field(default_factory=ClaimMapping)
-
-    @field_validator("hs256_secret")
-    @classmethod
-    def _long_secret(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value().encode()) < 32:
-            raise ValueError("hs256_secret must be at least 32 bytes")
-        return v
-
-    @property
-    def enabled(self) -> bool:
-        return self.hs256_secret is not None or self.jwks_url is not None
 
 
 @dataclass(frozen=True)

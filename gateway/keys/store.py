@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -13,20 +12,10 @@ import orjson
 
 from gateway.keys.tokens import KeyCredential, hash_secret, new_credential
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # columns a caller may set (create/update); everything else is managed here
 SETTABLE = ("key_alias", "user_id", "team_id", "models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
             "max_parallel_requests", "metadata", "is_admin", "expires_at")
 _COLUMNS = ("key_id", *SETTABLE, "revoked_at", "created_at", "updated_at")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30s``, ``10m``, ``24h``, ``30d``, ``2w`` (LiteLLM's duration strings)."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"invalid duration {text!r}: use a number followed by s, m, h, d or w (e.g. 30d)")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
 
 
 @dataclass(frozen=True)

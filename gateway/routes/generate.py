@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway import protocol as p
+from core import schemas as p
 from gateway.serving import Generation
 
 router = APIRouter()

@@ -8,12 +8,13 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway import protocol as p
+from core import __version__
+from core import schemas as p
 from gateway.services import Services, services
-from workers import queue as q
+from core import queue as q
 
 router = APIRouter()
-VERSION = "0.1.0"
+
 
 
 async def _redis_ok(svc: Services) -> bool:
@@ -73,7 +74,7 @@ async def summary(request: Request) -> Response:
             scaling = {}
     return _json({
         "status": "healthy" if redis_ok and db_ok and workers else "degraded",
-        "version": VERSION,
+        "version": __version__,
         "uptime_s": round(time.time() - svc.started_at, 1),
         "redis": redis_ok,
         "postgres": db_ok,

@@ -17,10 +17,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
-from gateway import protocol as p
+from core import schemas as p
 from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
-from gateway.keys.store import KeyRecord, parse_duration
+from core.durations import parse_duration
+from gateway.keys.store import KeyRecord
 from gateway.keys.tokens import ID_PREFIX, parse_bearer
 from gateway.serving import parse, read_json
 from gateway.services import Services, services

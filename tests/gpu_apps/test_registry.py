@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from gpu_apps import check
 from gpu_apps.registry import VllmModel, load_registry, parse_gpu
 

@@ -7,7 +7,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateway.config import Config, ModelEntry
+from core.config import Config, ModelEntry
 from workers.backends.base import Backend, BackendError, WholeAnswer
 
 log = logging.getLogger("gatehouse.worker")

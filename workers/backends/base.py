@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 
 class BackendError(Exception):

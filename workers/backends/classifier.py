@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config import ModelEntry
+from core.config import ModelEntry
 from workers.backends.base import Backend, BackendError
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 
 class ClassifierBackend(Backend):

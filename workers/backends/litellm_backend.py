@@ -10,9 +10,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.config import ModelEntry
+from core.config import ModelEntry
 from workers.backends.base import Backend, BackendError
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 _DROP = {"model", "stream", "stream_options"}
 

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateway.config import ModelEntry
+from core.config import ModelEntry
 from gpu_apps.qgpt.profiles import DEFAULT_PROFILE, profile_names
 from workers.backends.base import Backend, BackendError
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 DEFAULT_MAX_TOKENS = 256
 _END = object()

@@ -22,10 +22,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from gateway.config import ModelEntry
+from core.config import ModelEntry
 from workers.backends.base import Backend, BackendError, WholeAnswer
 from workers.backends.local import prompt_of
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 
 def modal_credentials() -> tuple[str, str] | None:

@@ -23,10 +23,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config import ModelEntry
+from core.config import ModelEntry
 from observability import calls
 from workers.backends.base import Backend, BackendError, WholeAnswer
-from workers.queue import JobSpec
+from core.queue import JobSpec
 
 log = logging.getLogger("gatehouse.worker")
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",

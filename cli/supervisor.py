@@ -20,8 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gateway.config import Config
-from gateway.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
+from core.config import Config
+from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("gatehouse.up")
@@ -96,7 +96,7 @@ class Supervisor:
                                    highlight=False)
                 return 1
             env = self._child_env(redis_url, db_url, master_key)
-            exe = [sys.executable, "-m", "gateway.cli"]
+            exe = [sys.executable, "-m", "cli"]
             self.children = [Child("gateway", [*exe, "serve"], env)]
             self.children += [Child(f"worker-{i + 1}", [*exe, "worker"], env) for i in range(s.workers)]
             for c in self.children:

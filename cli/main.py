@@ -6,55 +6,36 @@ import asyncio
 import os
 import sys
 import urllib.request
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli_keys import keys_app
-from gateway.cli_traces import traces_app
-from gateway.config import Config, ConfigError, load_config
-from gateway.embedded import ensure_master_key, read_master_key
+from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err_console, load
+from cli.embedded import ensure_master_key
+from cli.keys import keys_app
+from cli.traces import traces_app
 from observability.logs import setup_logging
 
 app = typer.Typer(help="Gatehouse: an OpenAI-compatible gateway with a Redis queue, async workers and GPU "
                        "model apps.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_show_locals=False)  # locals may hold keys: never print them
 console = Console(stderr=True)
-err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config file (LiteLLM-compatible "
-                                                  "model_list). Default: $GATEHOUSE_CONFIG or ./gatehouse.yaml.")]
-PortOpt = Annotated[Optional[int], typer.Option("--port", "-p", help="Gateway port (default 8000, "
-                                                "$GATEHOUSE_PORT).")]
-HostOpt = Annotated[Optional[str], typer.Option("--host", help="Interface to bind (default 127.0.0.1).")]
-
-
-def _load(config: str | None, **overrides: object) -> Config:
-    for key, value in overrides.items():
-        if value is not None:
-            os.environ[f"GATEHOUSE_{key.upper()}"] = str(value)
-    try:
-        return load_config(config)
-    except ConfigError as e:
-        err_console.print(f"[bold red]config error:[/bold red] {e}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _base_url(cfg: Config, base_url: str | None) -> str:
-    return (base_url or f"http://{cfg.settings.host}:{cfg.settings.port}").rstrip("/")
+PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Gateway port (default 8000, $GATEHOUSE_PORT).")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1).")]
 
 
 @app.command()
 def up(config: ConfigOpt = None, port: PortOpt = None, host: HostOpt = None,
-       workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker processes.")] = None) -> None:
+       workers: Annotated[int | None, typer.Option("--workers", "-w", help="Worker processes.")] = None) -> None:
     """Start everything: embedded Valkey + PostgreSQL (unless REDIS_URL / DATABASE_URL are set), the gateway
     and the workers. Prints the base URL and the master key; Ctrl-C stops it all."""
-    from gateway.supervisor import Supervisor
+    from cli.supervisor import Supervisor
 
-    cfg = _load(config, port=port, host=host, workers=workers)
+    cfg = load(config, port=port, host=host, workers=workers)
     setup_logging(cfg.settings.log_level, cfg.settings.log_format, "up")
     raise typer.Exit(Supervisor(cfg, config or os.environ.get("GATEHOUSE_CONFIG"), console).run())
 
@@ -66,7 +47,7 @@ def serve(config: ConfigOpt = None, port: PortOpt = None, host: HostOpt = None) 
 
     from gateway.app import create_app
 
-    cfg = _load(config, port=port, host=host)
+    cfg = load(config, port=port, host=host)
     s = cfg.settings
     setup_logging(s.log_level, s.log_format, "gateway")
     master_key = ensure_master_key(s.data_dir, cfg.master_key())
@@ -85,7 +66,7 @@ def worker(config: ConfigOpt = None,
 
     from workers.worker import build_worker
 
-    cfg = _load(config)
+    cfg = load(config)
     setup_logging(cfg.settings.log_level, cfg.settings.log_format, "worker")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -94,13 +75,13 @@ def worker(config: ConfigOpt = None,
 
 @app.command()
 def models(config: ConfigOpt = None,
-           base_url: Annotated[Optional[str], typer.Option(help="Ask this running gateway instead.")] = None
+           url: Annotated[str | None, typer.Option("--base-url", help="Ask this running gateway instead.")] = None
            ) -> None:
     """List the models: asks the running gateway, or reads the config when none answers."""
-    cfg = _load(config)
+    cfg = load(config)
     table = Table("model", "backend", "upstream")
     try:
-        with urllib.request.urlopen(_base_url(cfg, base_url) + "/health", timeout=3) as r:
+        with urllib.request.urlopen(base_url(cfg, url) + "/health", timeout=3) as r:
             live = {m["id"]: m["backend"] for m in orjson.loads(r.read())["models"]}
         source = "gateway"
     except OSError:
@@ -116,22 +97,18 @@ def models(config: ConfigOpt = None,
 def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")],
          prompt: Annotated[str, typer.Argument(help="The user message.")],
          config: ConfigOpt = None,
-         base_url: Annotated[Optional[str], typer.Option(help="Gateway URL (default: the configured one).")] = None,
-         api_key: Annotated[Optional[str], typer.Option(envvar="GATEHOUSE_API_KEY",
-                                                        help="API key (default: the master key).")] = None,
+         url: BaseUrlOpt = None,
+         key: Annotated[str | None, typer.Option("--api-key", envvar="GATEHOUSE_API_KEY",
+                                                 help="API key (default: the master key).")] = None,
          max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
-         temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
-         seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None) -> None:
+         temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+         seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None) -> None:
     """Stream a reply from MODEL to PROMPT in the terminal, through the gateway."""
     import openai
 
-    cfg = _load(config)
-    key = api_key or read_master_key(cfg.settings.data_dir, cfg.master_key())
-    if not key:
-        err_console.print("[red]no API key: pass --api-key, set GATEHOUSE_API_KEY, or run from the directory "
-                          "where `gatehouse up` keeps .gatehouse/[/red]")
-        raise typer.Exit(2)
-    client = openai.OpenAI(base_url=_base_url(cfg, base_url) + "/v1", api_key=key, max_retries=1)
+    cfg = load(config)
+    client = openai.OpenAI(base_url=base_url(cfg, url) + "/v1", api_key=api_key(cfg, key, "API key (--api-key)"),
+                           max_retries=1)
     extra = {k: v for k, v in {"temperature": temperature, "seed": seed}.items() if v is not None}
     try:
         stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],

@@ -19,7 +19,8 @@ import httpx
 import typer
 from rich.console import Console
 
-from observability.settings import TracingSettings
+from cli.common import BaseUrlOpt, api_key, base_url, load
+from core.settings import TracingSettings
 
 traces_app = typer.Typer(help="Langfuse traces: check that requests through the gateway arrive as traces.",
                          no_args_is_help=True)
@@ -223,10 +224,9 @@ def verify_command(
     config: Annotated[str | None, typer.Option("--config", "-c", help="YAML config file (default: "
                                                   "$GATEHOUSE_CONFIG or ./gatehouse.yaml); its gatehouse.tracing "
                                                   "and the LANGFUSE_* variables give the Langfuse keys.")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="Gateway URL (default: the configured "
-                                                    "one).")] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="GATEHOUSE_API_KEY",
-                                                   help="API key (default: the master key).")] = None,
+    url: BaseUrlOpt = None,
+    key: Annotated[str | None, typer.Option("--api-key", envvar="GATEHOUSE_API_KEY",
+                                            help="API key (default: the master key).")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Model for the test request.")] = "chargpt",
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the answer, then "
                                            "again for the trace.")] = 60.0,
@@ -236,21 +236,14 @@ def verify_command(
     Exit status: 0 the trace arrived with its generation; 1 it did not (or the gateway refused the request);
     2 tracing is not configured (no Langfuse keys) or the gateway is not reachable.
     """
-    from gateway.cli import _base_url, _load
-    from gateway.embedded import read_master_key
-
-    cfg = _load(config)
+    cfg = load(config)
     settings = cfg.settings.tracing
     if not settings.enabled:
         err.print("[red]tracing is not configured: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (or "
                   "gatehouse.tracing in the config)[/red]")
         raise typer.Exit(2)
-    key = api_key or read_master_key(cfg.settings.data_dir, cfg.master_key())
-    if not key:
-        err.print("[red]no API key: pass --api-key, set GATEHOUSE_API_KEY, or run from the directory where "
-                  "`gatehouse up` keeps .gatehouse/[/red]")
-        raise typer.Exit(2)
-    gateway = _base_url(cfg, base_url)
+    key = api_key(cfg, key, "API key (--api-key)")
+    gateway = base_url(cfg, url)
     err.print(f"[dim]sending one {model} request through {gateway}, then waiting for its trace in "
               f"{settings.base_url}…[/dim]")
     try:

@@ -19,9 +19,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from gateway.auth.jwt_auth import JwtSettings
-from gateway.env_first import EnvFirstSettings
-from observability.settings import MetricsSettings, TracingSettings
+from core.settings import EnvFirstSettings, JwtSettings, MetricsSettings, ModalSettings, TeamLimits, TracingSettings
 
 ENV_REF = "os.environ/"
 DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
@@ -84,36 +82,11 @@ DEFAULT_MODEL_LIST = [
 ]
 
 
-class TeamLimits(BaseModel):
-    """Limits shared by every key (and JWT identity) of a team."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rpm_limit: int | None = Field(default=None, ge=0)
-    tpm_limit: int | None = Field(default=None, ge=0)
-    max_parallel_requests: int | None = Field(default=None, ge=0)
-    max_budget: float | None = Field(default=None, ge=0)
-    budget_duration: str | None = Field(default=None, pattern=r"^\s*\d+\s*[smhdw]\s*$")
-
-
-class ModalSettings(BaseModel):
-    """Where the registry's vLLM apps are deployed; with a workspace set, every registry model is served as
-    ``<name>-local`` (gpu_apps/registry.py) in addition to ``model_list``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workspace: str | None = Field(default=None, pattern=r"^[a-z0-9\-]+$")
-    environment: str | None = None
-    # seed 004: workers lengthen a Modal app's scaledown window while it is in use (gpu_apps/scaling.py;
-    # MODAL_BASE_WARM_TIME, MODAL_EXTENSION_TIME, MODAL_ACTIVITY_WINDOW, MODAL_MAX_CONTAINERS)
-    hybrid_scaling: bool = False
-    scaling_dry_run: bool = False  # decide and report, but do not call Modal's API
-
-
 class GatehouseSettings(EnvFirstSettings):
     """Gatehouse's own knobs (the ``gatehouse:`` section of the file)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="forbid", populate_by_name=True,
+                                      validate_assignment=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -213,6 +186,16 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     return f"{loc}: {first['msg']}{shown}{more}"
 
 
+def _apply_overrides(settings: GatehouseSettings, overrides: dict[str, Any]) -> None:
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        try:
+            setattr(settings, name, value)  # validated (validate_assignment)
+        except ValidationError as e:
+            raise ConfigError(f"--{name.replace('_', '-')}: {_format_validation_error(e).split(': ', 1)[-1]}") from e
+
+
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     if explicit:
         return Path(explicit)
@@ -225,8 +208,11 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return None
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load, resolve and validate. Raises ConfigError with a one-line, field-naming message."""
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load, resolve and validate. Raises ConfigError with a one-line, field-naming message.
+
+    ``overrides`` (command-line options: ``{"port": 8080}``) beat the environment and the file; None values
+    are ignored."""
     file = find_config_file(path)
     raw: dict[str, Any] = {}
     if file is not None:
@@ -270,4 +256,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(msg if msg.startswith(where) else where + msg.lstrip(".")) from e
     if not cfg.model_list:
         raise ConfigError(f"{where}model_list: must name at least one model")
+    _apply_overrides(cfg.gatehouse, overrides or {})
     return cfg

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.common import BaseUrlOpt, api_key, base_url, load
+
 keys_app = typer.Typer(help="Create, list, inspect and revoke virtual API keys (needs a running gateway).",
                        no_args_is_help=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get whole rows
 err = Console(stderr=True)
 
-BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="Gateway URL (default: the configured one).")]
-AdminKey = Annotated[Optional[str], typer.Option("--admin-key", envvar="GATEHOUSE_ADMIN_KEY",
+BaseUrl = BaseUrlOpt
+AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="GATEHOUSE_ADMIN_KEY",
                                                  help="Master or admin key (default: the master key).")]
 
 
-def _client(base_url: str | None, admin_key: str | None) -> httpx.Client:
-    from gateway.cli import _base_url, _load
-    from gateway.embedded import read_master_key
-
-    cfg = _load(None)
-    key = admin_key or read_master_key(cfg.settings.data_dir, cfg.master_key())
-    if not key:
-        err.print("[red]no admin key: pass --admin-key or run where `gatehouse up` keeps .gatehouse/[/red]")
-        raise typer.Exit(2)
-    return httpx.Client(base_url=_base_url(cfg, base_url), headers={"authorization": f"Bearer {key}"}, timeout=30)
+def _client(url: str | None, admin_key: str | None) -> httpx.Client:
+    cfg = load(None)
+    key = api_key(cfg, admin_key, "admin key (--admin-key)")
+    return httpx.Client(base_url=base_url(cfg, url), headers={"authorization": f"Bearer {key}"}, timeout=30)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> Any:
@@ -58,17 +54,17 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 
 
 @keys_app.command("create")
-def create(alias: Annotated[Optional[str], typer.Option(help="A name for the key.")] = None,
-           model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Allowed model (repeat); "
+def create(alias: Annotated[str | None, typer.Option(help="A name for the key.")] = None,
+           model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Allowed model (repeat); "
                                                                "default: all.")] = None,
-           team: Annotated[Optional[str], typer.Option(help="Team id.")] = None,
-           user: Annotated[Optional[str], typer.Option(help="User id.")] = None,
-           rpm: Annotated[Optional[int], typer.Option(help="Requests per minute.")] = None,
-           tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute.")] = None,
-           parallel: Annotated[Optional[int], typer.Option(help="Max parallel requests.")] = None,
-           budget: Annotated[Optional[float], typer.Option(help="Max budget (USD).")] = None,
-           budget_duration: Annotated[Optional[str], typer.Option(help="Budget period, e.g. 30d.")] = None,
-           duration: Annotated[Optional[str], typer.Option(help="Expire after, e.g. 90d.")] = None,
+           team: Annotated[str | None, typer.Option(help="Team id.")] = None,
+           user: Annotated[str | None, typer.Option(help="User id.")] = None,
+           rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+           tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+           parallel: Annotated[int | None, typer.Option(help="Max parallel requests.")] = None,
+           budget: Annotated[float | None, typer.Option(help="Max budget (USD).")] = None,
+           budget_duration: Annotated[str | None, typer.Option(help="Budget period, e.g. 30d.")] = None,
+           duration: Annotated[str | None, typer.Option(help="Expire after, e.g. 90d.")] = None,
            base_url: BaseUrl = None, admin_key: AdminKey = None) -> None:
     """Create a key; its secret is shown once."""
     body = {k: v for k, v in {"key_alias": alias, "models": model, "team_id": team, "user_id": user,
@@ -83,7 +79,7 @@ def create(alias: Annotated[Optional[str], typer.Option(help="A name for the key
 
 
 @keys_app.command("list")
-def list_(team: Annotated[Optional[str], typer.Option(help="Only this team's keys.")] = None,
+def list_(team: Annotated[str | None, typer.Option(help="Only this team's keys.")] = None,
           revoked: Annotated[bool, typer.Option(help="Include revoked keys.")] = False,
           base_url: BaseUrl = None, admin_key: AdminKey = None) -> None:
     """List keys."""
@@ -115,8 +111,8 @@ def revoke(key: Annotated[list[str], typer.Argument(help="Key ids (ak-…) or ke
 
 
 @keys_app.command("spend")
-def spend(key: Annotated[Optional[str], typer.Argument(help="Key id (ak-…) or key; default: every key.")] = None,
-          team: Annotated[Optional[str], typer.Option(help="Only this team.")] = None,
+def spend(key: Annotated[str | None, typer.Argument(help="Key id (ak-…) or key; default: every key.")] = None,
+          team: Annotated[str | None, typer.Option(help="Only this team.")] = None,
           days: Annotated[int, typer.Option(help="How many days back.")] = 30,
           base_url: BaseUrl = None, admin_key: AdminKey = None) -> None:
     """Spend per key, model and day."""

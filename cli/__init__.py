@@ -1,0 +1,2 @@
+"""The ``gatehouse`` command and the ``gatehouse up`` supervisor: the one package that knows both the gateway
+and the workers (it starts them). Nothing imports it."""
