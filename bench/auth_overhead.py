@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import pathlib
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -29,8 +27,8 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from bench.stack import KEY, running_stack
-from gateway.auth import Authenticator
 from core.settings import JwtSettings
+from gateway.auth import Authenticator
 from gateway.auth.jwt_auth import JwtVerifier
 from gateway.keys.cache import KeyCache
 from gateway.keys.store import KeyStore
@@ -82,7 +80,7 @@ async def in_process(redis_url: str, database_url: str, n: int) -> dict[str, flo
         out[name] = await time_calls(lambda r=req: auth.authenticate(r), n)
 
     async def cold() -> None:
-        cache._local.clear()  # noqa: SLF001 - measuring the Redis tier on purpose
+        cache._local.clear()
         await auth.authenticate(request_with(forms["virtual key (Bearer)"]))
 
     out["virtual key, local cache miss (Redis)"] = await time_calls(cold, max(200, n // 10))

@@ -25,10 +25,10 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from gpu_apps.classifier.engine import ClassifierEngine  # noqa: E402
-from gpu_apps.classifier.model import DEBERTA_V3_BASE, PromptClassifier  # noqa: E402
-from gpu_apps.classifier.postprocess import postprocess  # noqa: E402
-from gpu_apps.classifier.tiny import TINY_CORPUS, tiny_backbone_config, train_tokenizer  # noqa: E402
+from gpu_apps.classifier.engine import ClassifierEngine
+from gpu_apps.classifier.model import DEBERTA_V3_BASE, PromptClassifier
+from gpu_apps.classifier.postprocess import postprocess
+from gpu_apps.classifier.tiny import TINY_CORPUS, tiny_backbone_config, train_tokenizer
 
 
 def prompts_mix(n: int, tokenizer: object, seed: int = 0) -> list[str]:

@@ -28,8 +28,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from gpu_apps.qgpt.entropy import EntropyPool  # noqa: E402
-from gpu_apps.qgpt.processor import QuantumLogitsProcessor  # noqa: E402
+from gpu_apps.qgpt.entropy import EntropyPool
+from gpu_apps.qgpt.processor import QuantumLogitsProcessor
 
 
 class NaiveOneHot(LogitsProcessor):
@@ -73,7 +73,7 @@ def main() -> None:
     need = 4 * args.tokens * (args.rounds + 1) * 2
     pool.deposit(os.urandom(need))  # prefetched, as the background refill keeps it in production
     variants = {
-        "plain sampling": lambda: [],
+        "plain sampling": list,
         "quantum, strict": lambda: [QuantumLogitsProcessor(pool, "strict")],
         "quantum, chaos": lambda: [QuantumLogitsProcessor(pool, "chaos")],
         "naive one-hot": lambda: [NaiveOneHot()],

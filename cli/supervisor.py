@@ -20,8 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from core.config import Config
 from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
+from core.config import Config
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("gatehouse.up")

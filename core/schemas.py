@@ -81,7 +81,7 @@ class CompletionRequest(SamplingRequest):
     suffix: str | None = None
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "CompletionRequest":
+    def _non_empty(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be an empty list")
         return self

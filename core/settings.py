@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from core.durations import DURATION_PATTERN
 
+
 class EnvFirstSettings(BaseSettings):
     """Values from the environment win over those given at construction (the file's); no .env, no secrets dir."""
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core import __version__
+from core import queue as q
 from core.config import Config
 from gateway.context import RequestContextMiddleware, request_id
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
@@ -22,7 +23,6 @@ from gateway.routes import classify, generate, health, keys, metrics, openai
 from gateway.services import build_services
 from observability import metrics as prom
 from observability.http import count_refusal
-from core import queue as q
 
 log = logging.getLogger("gatehouse.gateway")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.errors import InvalidRequest, QueueFull
 from core import queue as q
+from gateway.errors import InvalidRequest, QueueFull
 
 FIRST_READ_MS = 1_000
 UNLINK_EVERY_S = 0.2

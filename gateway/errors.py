@@ -57,7 +57,7 @@ class AuthenticationFailed(GatewayError):
     code = "invalid_api_key"
     reason = "invalid"  # metric label: missing | invalid | expired | jwt_invalid
 
-    def because(self, reason: str) -> "AuthenticationFailed":
+    def because(self, reason: str) -> AuthenticationFailed:
         self.reason = reason
         return self
 

@@ -118,7 +118,7 @@ def _reset(ms: float) -> str:
 
 
 class Limiter:
-    def __init__(self, redis: Redis, spend_loader: "SpendLoader | None" = None, inflight_ttl_s: float = 600):
+    def __init__(self, redis: Redis, spend_loader: SpendLoader | None = None, inflight_ttl_s: float = 600):
         self.redis = redis
         self.spend_loader = spend_loader
         self.inflight_ttl_ms = int(inflight_ttl_s * 1000)

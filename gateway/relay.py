@@ -7,17 +7,17 @@ There is no polling: each read blocks in Redis until the worker writes, or until
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
+from core import queue as q
 from core import schemas as p
 from gateway.enqueue import Entries, entries_of
 from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
 from observability.calls import has_token
-from core import queue as q
 
 DONE = b"data: [DONE]\n\n"
 _CHUNK_KEYS = ("choices", "usage", "system_fingerprint")

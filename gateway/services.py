@@ -10,15 +10,15 @@ import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
+from core.config import Config, ModelEntry, TeamLimits
+from core.durations import duration_seconds
+from core.pricing import FREE, Price, price_list
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
-from core.config import Config, ModelEntry, TeamLimits
 from gateway.db.migrate import migrate
 from gateway.enqueue import JobQueue
 from gateway.errors import ServiceUnavailable
 from gateway.keys.cache import KeyCache
-from core.durations import duration_seconds
-from core.pricing import FREE, Price, price_list
 from gateway.keys.store import KeyStore
 from gateway.limits import Limiter, Scope
 from gateway.spend import PgSpendLoader, SpendRecorder

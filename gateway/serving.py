@@ -18,11 +18,18 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from core import queue as q
 from core import schemas as p
+from core.queue import JobKind, JobSpec
 from gateway.auth import MASTER, Principal
 from gateway.context import STARTED_KEY, request_id
 from gateway.errors import (
-    GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, PermissionDenied, from_event,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    from_event,
     from_validation_error,
 )
 from gateway.limits import Admission
@@ -30,8 +37,6 @@ from gateway.relay import Outcome, Shape, collect, read_events, sse_stream
 from gateway.services import Services, services
 from observability.calls import TraceContext
 from observability.http import count_usage, observe_stream, route_of
-from core import queue as q
-from core.queue import JobKind, JobSpec
 
 log = logging.getLogger("gatehouse.gateway")
 T = TypeVar("T", bound=BaseModel)
@@ -93,7 +98,7 @@ class Generation:
     @classmethod
     async def accept(
         cls, request: Request, model_cls: type[T] | Callable[[dict[str, Any]], type[T]]
-    ) -> tuple["Generation", dict[str, Any], T]:
+    ) -> tuple[Generation, dict[str, Any], T]:
         """The steps before enqueue: authenticate, read and parse the body (``model_cls`` may choose the model
         from the raw body, for routes that take two seeds' formats), check the model and limits."""
         svc = services(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,7 +37,7 @@ class SpendRecorder:
     def record(self, request_id: str, key_id: str | None, team_id: str | None, user_id: str | None, model: str,
                prompt_tokens: int, completion_tokens: int, cost: float) -> None:
         self._rows.append((request_id, key_id, team_id, user_id, model, prompt_tokens, completion_tokens, cost,
-                           datetime.now(timezone.utc)))
+                           datetime.now(UTC)))
         if len(self._rows) >= FLUSH_ROWS:
             self._wake.set()
 
@@ -79,7 +79,7 @@ class PgSpendLoader(SpendLoader):
         if pool is None or scope.kind not in ("key", "team"):
             return 0.0
         start = datetime.fromtimestamp(now - now % scope.budget_period_s if scope.budget_period_s else 0,
-                                       tz=timezone.utc)
+                                       tz=UTC)
         column = "key_id" if scope.kind == "key" else "team_id"
         value = await pool.fetchval(
             f"SELECT COALESCE(sum(cost), 0) FROM spend_log WHERE {column} = $1 AND created_at >= $2", scope.id, start)

@@ -36,10 +36,10 @@ def removed_names(path: Path) -> list[str]:
 
 def check_module(name: str) -> list[str]:
     """Problems with one imported app module (empty when it is fine)."""
+    import modal
+
     from gpu_apps.modal_apps.common import AppSettings
     from gpu_apps.registry import parse_gpu
-
-    import modal
 
     mod = importlib.reload(importlib.import_module(name)) if name in sys.modules else importlib.import_module(name)
     problems = []

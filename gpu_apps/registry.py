@@ -61,7 +61,7 @@ class VllmModel(Scaling):
         return v
 
     @model_validator(mode="after")
-    def _parallelism(self) -> "VllmModel":
+    def _parallelism(self) -> VllmModel:
         count = parse_gpu(self.gpu)[1]
         tp = int(self.vllm_args[self.vllm_args.index("--tensor-parallel-size") + 1]) \
             if "--tensor-parallel-size" in self.vllm_args else 1

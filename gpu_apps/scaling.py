@@ -42,7 +42,7 @@ class ScalingSettings:
             raise ValueError("max_containers must be >= 1")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ScalingSettings":
+    def from_env(cls, env: dict[str, str] | None = None) -> ScalingSettings:
         env = dict(os.environ if env is None else env)
         names = {"base_warm_time": "MODAL_BASE_WARM_TIME", "extension_time": "MODAL_EXTENSION_TIME",
                  "activity_window": "MODAL_ACTIVITY_WINDOW", "max_containers": "MODAL_MAX_CONTAINERS"}

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
-from observability.calls import CallRecord
 from core.settings import TracingSettings
+from observability.calls import CallRecord
 
 MAX_ID_CHARS = 200  # Langfuse's limit for user and session ids (longer ones are cut)
 

@@ -51,9 +51,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from core.settings import TracingSettings
 from observability.calls import CallRecord
 from observability.metrics import TRACING_DROPPED, TRACING_EXPORTED
-from core.settings import TracingSettings
 from observability.trace_spans import TraceSpans, attribute_names, legacy_sdk
 
 log = logging.getLogger("gatehouse.tracing")

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import openai
-
 from conftest import ROOT, free_port, wait_http
 
 GATEHOUSE = [sys.executable, "-m", "cli"]

@@ -13,11 +13,9 @@ import asyncpg
 import httpx
 import openai
 import pytest
-
 from conftest import admin, create_key
+
 from gateway.db.migrate import discover, migrate
-
-
 
 MSG = [{"role": "user", "content": "hi there"}]
 
@@ -178,7 +176,6 @@ def test_keys_cli(stack) -> None:  # type: ignore[no-untyped-def]
 
 def test_no_credential_reaches_logs_or_error_messages(stack) -> None:  # type: ignore[no-untyped-def]
     import jwt as pyjwt
-
     from conftest import JWT_SECRET
 
     k = create_key(stack, models=["echo"])

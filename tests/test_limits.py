@@ -10,10 +10,7 @@ import httpx
 import jwt
 import openai
 import pytest
-
 from conftest import JWT_SECRET, admin, create_key
-
-
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -13,9 +13,9 @@ import httpx
 import openai
 import pytest
 import yaml
+from conftest import create_key, free_port, stop_processes, wait_http
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import create_key, free_port, stop_processes, wait_http
 from gateway.routes import openai as openai_routes
 
 MSG = [{"role": "user", "content": "hi"}]

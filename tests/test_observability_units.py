@@ -8,12 +8,12 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
+from core.queue import JobSpec
 from gpu_apps.qgpt.entropy import EntropyPool, QrngClient
 from observability import metrics
 from observability.calls import CallRecord, TraceContext
 from observability.jobs import JobObserver
 from observability.queue_state import QueueState, QueueStateCollector
-from core.queue import JobSpec
 
 
 def sample(name: str, **labels: str) -> float:

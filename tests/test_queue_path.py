@@ -10,10 +10,10 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from core import queue as q
 from gateway.enqueue import JobQueue
 from gateway.errors import QueueFull
 from gateway.relay import read_events
-from core import queue as q
 from workers.events import EventWriter
 
 
@@ -150,7 +150,6 @@ def test_redis_down_gives_503_not_500(tmp_path, stack) -> None:  # type: ignore[
     import sys
 
     import yaml
-
     from conftest import ROOT, free_port, stop_processes, wait_http
 
     port = free_port()

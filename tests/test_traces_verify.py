@@ -20,8 +20,8 @@ from tracing_support import MESSAGES, PK, ROUTE, SK, auth, record, settings
 
 from bench.fake_langfuse import LangfuseThread
 from cli.traces import VerifyError, verify, wait_for_trace
-from observability.calls import CallRecord, TraceContext
 from core.settings import TracingSettings
+from observability.calls import CallRecord, TraceContext
 from observability.tracing import Tracer
 
 pytestmark = pytest.mark.usefixtures("clean_langfuse_env")

@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from tracing_support import ANSWER, MESSAGES, PK, ROUTE, SK, auth, record, settings
 
 from bench.fake_langfuse import LangfuseThread
-from observability.calls import TraceContext
 from core.settings import TracingSettings
+from observability.calls import TraceContext
 from observability.tracing import Tracer, build_tracer, trace_id_for
 
 pytestmark = pytest.mark.usefixtures("clean_langfuse_env")

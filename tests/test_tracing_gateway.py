@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 import yaml
-
 from conftest import LANGFUSE_PK, LANGFUSE_SK, create_key, free_port, start_processes, stop_processes, wait_http
 
 MSG = [{"role": "user", "content": "Say hello to the gatehouse."}]

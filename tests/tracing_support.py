@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from bench.fake_langfuse import LangfuseThread
-from observability.calls import CallRecord, TraceContext
 from core.settings import TracingSettings
+from observability.calls import CallRecord, TraceContext
 from observability.tracing import Tracer, build_tracer
 
 PK, SK = "pk-lf-test", "sk-lf-test"

@@ -27,13 +27,13 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from core import queue as q
 from core.config import Config
 from core.pricing import price_list
 from observability import metrics
 from observability.calls import Status
 from observability.jobs import JobObserver
 from observability.logs import request_id_var
-from core import queue as q
 from workers.backends import BackendError, Backends, WholeAnswer
 from workers.events import EventWriter
 
@@ -93,7 +93,7 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
         obs.trace(call)  # nobody waits for this answer
         await _hand_over(ctx, spec.id, writer, [*final, q.dumps({"k": "error", **error})])
         raise
-    except Exception:  # noqa: BLE001 - a bug must not leave the client waiting
+    except Exception:
         log.exception("request %s failed in the worker", spec.id)
         status, error = "error", {"status": 500, "type": "server_error", "code": "internal_error",
                                   "message": "The worker had an internal error running this request."}

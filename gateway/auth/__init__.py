@@ -18,14 +18,14 @@ import binascii
 import hmac
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 from starlette.requests import Request
 
+from core.durations import duration_seconds
 from gateway.errors import AuthenticationFailed
 from gateway.keys.cache import KeyCache
-from core.durations import duration_seconds
 from gateway.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -115,7 +115,7 @@ class Authenticator:
         if entry is None or not secret_matches(cred.secret, entry[1]):
             raise AuthenticationFailed(BAD_KEY)
         record = entry[0]
-        if not record.usable(datetime.now(timezone.utc)):
+        if not record.usable(datetime.now(UTC)):
             raise AuthenticationFailed(EXPIRED).because("expired")
         return Principal(id=record.key_id, kind="key", is_admin=record.is_admin,
                          models=frozenset(record.models) if record.models is not None else None,

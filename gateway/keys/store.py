@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,7 @@ class KeyRecord:
     updated_at: datetime | None = None
 
     def usable(self, now: datetime | None = None) -> bool:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
     def to_json(self) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class KeyRecord:
         return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "KeyRecord":
+    def from_json(cls, d: dict[str, Any]) -> KeyRecord:
         kw = dict(d)
         for k in ("expires_at", "revoked_at", "created_at", "updated_at"):
             if kw.get(k):
@@ -59,7 +59,7 @@ class KeyRecord:
         return cls(**kw)
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> "KeyRecord":
+    def from_row(cls, row: asyncpg.Record) -> KeyRecord:
         kw = {k: row[k] for k in _COLUMNS}
         kw["models"] = tuple(kw["models"]) if kw["models"] is not None else None
         kw["max_budget"] = float(kw["max_budget"]) if isinstance(kw["max_budget"], Decimal) else kw["max_budget"]

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from core import __version__
+from core import queue as q
 from core import schemas as p
 from gateway.services import Services, services
-from core import queue as q
 
 router = APIRouter()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from core import schemas as p
+from core.durations import parse_duration
 from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
-from core.durations import parse_duration
 from gateway.keys.store import KeyRecord
 from gateway.keys.tokens import ID_PREFIX, parse_bearer
-from gateway.serving import parse, read_json
 from gateway.services import Services, services
+from gateway.serving import parse, read_json
 
 router = APIRouter(tags=["keys"])
 
@@ -58,10 +58,10 @@ class KeyFields(BaseModel):
         if out.get("models") == []:  # LiteLLM: an empty list means every model
             out["models"] = None
         if self.duration is not None:
-            out["expires_at"] = datetime.now(timezone.utc) + parse_duration(self.duration)
+            out["expires_at"] = datetime.now(UTC) + parse_duration(self.duration)
         elif "expires" in self.model_fields_set:
             exp = self.expires
-            out["expires_at"] = exp.replace(tzinfo=timezone.utc) if exp and exp.tzinfo is None else exp
+            out["expires_at"] = exp.replace(tzinfo=UTC) if exp and exp.tzinfo is None else exp
         return out
 
 

@@ -7,8 +7,8 @@ from starlette.responses import Response
 
 from core import schemas as p
 from gateway.errors import ModelNotFound
-from gateway.serving import Generation
 from gateway.services import services
+from gateway.serving import Generation
 
 router = APIRouter()
 

@@ -6,4 +6,4 @@ Public API: :class:`CharGPTEngine` (load a checkpoint, stream text) and
 
 from .engine import DEFAULT_CHECKPOINT, CharGPTEngine
 
-__all__ = ["CharGPTEngine", "DEFAULT_CHECKPOINT"]
+__all__ = ["DEFAULT_CHECKPOINT", "CharGPTEngine"]

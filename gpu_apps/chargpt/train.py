@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "hparams": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "torch_version": str(torch.__version__),
         "machine": f"{platform.machine()} x{torch.get_num_threads()} threads",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     save_checkpoint(args.out, model, tokenizer, meta)
     size_mb = args.out.stat().st_size / 1e6

@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, PreTrainedModel,
-                          StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from gpu_apps.qgpt.entropy import EntropyPool
 from gpu_apps.qgpt.processor import EntropySource, QuantumLogitsProcessor

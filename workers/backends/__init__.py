@@ -27,7 +27,7 @@ class Backends:
         self._pool: Any = None  # one entropy pool per worker process, shared by quantum-sampled requests
         self.scaler: Any = None  # gpu_apps.scaling.HybridScaler when gatehouse.modal.hybrid_scaling is on
 
-    def build(self) -> "Backends":
+    def build(self) -> Backends:
         modal = self.config.settings.modal
         if modal.hybrid_scaling:
             from gpu_apps.scaling import HybridScaler, ScalingSettings, modal_apply

@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 
 from core.config import ModelEntry
-from workers.backends.base import Backend, BackendError
 from core.queue import JobSpec
+from workers.backends.base import Backend, BackendError
 
 
 class ClassifierBackend(Backend):
@@ -83,7 +83,7 @@ class ClassifierBackend(Backend):
                 if r.status >= 400:
                     raise BackendError(502 if r.status >= 500 else r.status,
                                        f"The classifier service answered HTTP {r.status}.")
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise BackendError(504, "The classifier did not answer in time.", type_="timeout_error",
                                code="timeout") from e
         except aiohttp.ClientError as e:

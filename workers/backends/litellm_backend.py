@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from core.config import ModelEntry
-from workers.backends.base import Backend, BackendError
 from core.queue import JobSpec
+from workers.backends.base import Backend, BackendError
 
 _DROP = {"model", "stream", "stream_options"}
 
@@ -43,7 +43,7 @@ class LiteLLMBackend(Backend):
         fn = litellm.acompletion if job.kind == "chat" else litellm.atext_completion
         try:
             resp = await fn(**self._kwargs(job, stream=False))
-        except Exception as e:  # noqa: BLE001 - LiteLLM raises many types; map them all at this boundary
+        except Exception as e:
             raise _map_error(e) from e
         out = resp.model_dump(exclude_none=True)
         choices = []
@@ -73,7 +73,7 @@ class LiteLLMBackend(Backend):
                     yield {"choices": [], "usage": _usage(d["usage"])}
         except BackendError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _map_error(e) from e
 
 

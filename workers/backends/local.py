@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from core.config import ModelEntry
+from core.queue import JobSpec
 from gpu_apps.qgpt.profiles import DEFAULT_PROFILE, profile_names
 from workers.backends.base import Backend, BackendError
-from core.queue import JobSpec
 
 DEFAULT_MAX_TOKENS = 256
 _END = object()

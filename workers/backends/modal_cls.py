@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from core.config import ModelEntry
+from core.queue import JobSpec
 from workers.backends.base import Backend, BackendError, WholeAnswer
 from workers.backends.local import prompt_of
-from core.queue import JobSpec
 
 
 def modal_credentials() -> tuple[str, str] | None:
@@ -86,7 +86,7 @@ class ModalClsBackend(Backend):
 
         try:
             yield
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise BackendError(504, "The Modal app did not answer in time.", type_="timeout_error",
                                code="timeout") from e
         except mx.NotFoundError as e:

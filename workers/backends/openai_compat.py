@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 
 from core.config import ModelEntry
+from core.queue import JobSpec
 from observability import calls
 from workers.backends.base import Backend, BackendError, WholeAnswer
-from core.queue import JobSpec
 
 log = logging.getLogger("gatehouse.worker")
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",
