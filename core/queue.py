@@ -65,10 +65,42 @@ def lane_of(queue: str) -> str:
 
 
 # ── job payload ───────────────────────────────────────────────────────────────────────────────────────
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """The sampling parameters as the gateway validated and resolved them (``max_completion_tokens`` beats
+    ``max_tokens``; ``stop`` always a tuple), so backends that run the model themselves read typed values
+    instead of re-reading the raw body with defaults. None means "the backend's default"."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    quantum_profile: str | None = None  # the qgpt seed's extension
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "stop": self.stop, "n": self.n, "quantum_profile": self.quantum_profile}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
+        if not d:
+            return DEFAULT_PARAMS
+        known = {k: v for k, v in d.items() if k in _PARAM_FIELDS}
+        known["stop"] = tuple(known.get("stop") or ())
+        return cls(**known)
+
+
+DEFAULT_PARAMS = SamplingParams()
+_PARAM_FIELDS = frozenset(SamplingParams.__slots__)
+
+
 @dataclass(slots=True)
 class JobSpec:
     """What a worker needs to run one request. ``body`` is the validated OpenAI request body (extra fields
-    included) so OpenAI-compatible backends can forward it untouched."""
+    included) so OpenAI-compatible backends can forward it untouched; ``params`` are its sampling parameters,
+    typed (core.schemas builds both: ``request.to_job(...)``)."""
 
     id: str
     kind: JobKind
@@ -76,17 +108,22 @@ class JobSpec:
     body: dict[str, Any]
     stream: bool
     deadline: float  # unix seconds; the worker stops at this instant
+    params: SamplingParams = DEFAULT_PARAMS
     enqueued_at: float = field(default_factory=time.time)
     trace: dict[str, Any] | None = None  # observability.calls.TraceContext, when tracing is on
 
     def to_dict(self) -> dict[str, Any]:
         # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
         return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
-                "deadline": self.deadline, "enqueued_at": self.enqueued_at, "trace": self.trace}
+                "deadline": self.deadline, "params": self.params.to_dict(), "enqueued_at": self.enqueued_at,
+                "trace": self.trace}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
-        return cls(**d)
+        """Tolerant of a gateway one version apart: unknown fields are ignored, missing params defaulted."""
+        return cls(id=d["id"], kind=d["kind"], model=d["model"], body=d["body"], stream=bool(d["stream"]),
+                   deadline=float(d["deadline"]), params=SamplingParams.from_dict(d.get("params")),
+                   enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"))
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -110,7 +147,7 @@ def serialize_job(spec: JobSpec, enqueue_time_ms: int) -> bytes:
 # Stream entries carry one field, b"e", holding orjson of {"k": kind, ...}:
 #   chunk  {"k":"chunk","d":{"choices":[...], "usage"?:{...}}}   OpenAI-shaped delta chunk (no id/model)
 #   result {"k":"result","d":{"choices":[...], "usage":{...}}}   a whole non-streamed answer
-#   error  {"k":"error","status":502,"type":"...","code":"...","message":"..."}
+#   error  {"k":"error","status":502,"type":"...","code":"...","message":"...","param":...}
 #   end    {"k":"end"}                                           always last
 EVENT_FIELD = b"e"
 END_EVENT = dumps({"k": "end"})
@@ -124,8 +161,10 @@ def result_event(data: dict[str, Any]) -> bytes:
     return dumps({"k": "result", "d": data})
 
 
-def error_event(status: int, message: str, type_: str, code: str | None = None) -> bytes:
-    return dumps({"k": "error", "status": status, "type": type_, "code": code, "message": message})
+def error_event(status: int, message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    """The one builder of error events: every failure a worker reports (backend errors, timeouts,
+    cancellation, internal errors) and the queue-full refusal go through it."""
+    return dumps({"k": "error", "status": status, "type": type_, "code": code, "message": message, "param": param})
 
 
 # ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
@@ -154,22 +193,33 @@ QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.
 
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
 # KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix,
-#                            4 most jobs to claim, 5 most queue entries to look at
-# Reads the due jobs and, for each one not already running elsewhere, takes arq's in-progress lock.
-# Returns a flat list [id, score, id, score, ...] of the jobs this worker now owns: arq's ZRANGEBYSCORE
-# plus its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX, in one round trip for the whole batch.
+#                            4 most jobs to claim, 5 most queue entries to look at, 6 arq's job key prefix,
+#                            7 arq's retry key prefix, 8 arq's abort zset, 9 retry key TTL (s)
+# Reads the due jobs and, for each one not already running elsewhere, takes arq's in-progress lock and does
+# what arq's run_job would do next: fetch the job, count the try, take it off the abort set.
+# Returns a flat list [id, score, payload|nil, try, aborted(0|1), ...] of the jobs this worker now owns: arq's
+# ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's GET/INCR/EXPIRE/ZREM, in one
+# round trip for the whole batch.
+CLAIM_FIELDS = 5
 CLAIM_LUA = """
 local out = {}
-local want = tonumber(ARGV[4])
+local want = tonumber(ARGV[4]) * 5
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[5])
 for i = 1, #due, 2 do
-  if #out >= 2 * want then break end
-  local lock = ARGV[3] .. due[i]
+  if #out >= want then break end
+  local id = due[i]
+  local lock = ARGV[3] .. id
   if redis.call('EXISTS', lock) == 0 then
     redis.call('SET', lock, '1', 'PX', ARGV[2])
-    out[#out + 1] = due[i]
+    local tries = redis.call('INCR', ARGV[7] .. id)
+    redis.call('EXPIRE', ARGV[7] .. id, ARGV[9])
+    out[#out + 1] = id
     out[#out + 1] = due[i + 1]
+    out[#out + 1] = redis.call('GET', ARGV[6] .. id)
+    out[#out + 1] = tries
+    out[#out + 1] = redis.call('ZREM', ARGV[8], id)
   end
 end
 return out
 """
+RETRY_KEY_TTL_S = 88_400  # arq's own TTL for its retry counters

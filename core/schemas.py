@@ -1,31 +1,64 @@
-"""OpenAI wire formats: request models (validated with pydantic) and response builders (plain dicts).
+"""OpenAI wire formats, in one module: request models (validated with pydantic) and the response shapes
+(plain dicts) that every backend and the gateway's relay build.
 
 Requests are parsed into typed models before any logic runs; unknown fields are kept (``extra="allow"``)
 and forwarded to the backend, as OpenAI-compatible servers accept vendor extensions (vLLM's ``top_k``,
-qgpt's ``quantum_profile``...). Responses are built as dicts and serialised with orjson: they are on the
-hot path and their shape is fixed by OpenAI, so a model class per response would only cost time.
+qgpt's ``quantum_profile``...). Each request converts itself into the job a worker runs (``to_job``): the
+body to forward plus its sampling parameters, typed. Responses are built as dicts and serialised with
+orjson: they are on the hot path and their shape is fixed by OpenAI, so a model class per response would
+only cost time.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.queue import JobKind, JobSpec, SamplingParams
+
 MAX_STOP = 4
+Choice = dict[str, Any]
+Usage = dict[str, int]
 
 
-class _Wire(BaseModel):
+class Wire(BaseModel):
+    """Every request model: extra fields kept (vendor extensions are forwarded)."""
+
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
-class StreamOptions(_Wire):
+class JobRequest(Wire):
+    """A request the gateway runs as a job. Subclasses say which kind, and may reshape the body."""
+
+    kind: ClassVar[JobKind]
+    model: str
+
+    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """What the worker gets as ``JobSpec.body``: the client's own body, forwarded untouched."""
+        return raw
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams()
+
+    def to_job(self, raw: dict[str, Any], *, request_id: str, deadline: float,
+               trace: dict[str, Any] | None = None) -> JobSpec:
+        """This request as the job a worker runs (``raw`` is the body as the client sent it)."""
+        return JobSpec(id=request_id, kind=self.kind, model=self.model, body=self.job_body(raw),
+                       stream=bool(getattr(self, "stream", False)), deadline=deadline, params=self.sampling(),
+                       trace=trace)
+
+
+
+
+
+class StreamOptions(Wire):
     include_usage: bool = False
 
 
-class ChatMessage(_Wire):
+class ChatMessage(Wire):
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -39,7 +72,7 @@ class ChatMessage(_Wire):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") in ("text", "input_text"))
 
 
-class SamplingRequest(_Wire):
+class SamplingRequest(JobRequest):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -66,8 +99,17 @@ class SamplingRequest(_Wire):
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def sampling(self) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        stop = tuple(s for s in stop if s)  # an empty stop sequence stops nothing
+        profile = (self.model_extra or {}).get("quantum_profile")
+        return SamplingParams(max_tokens=self.token_limit(), temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, stop=stop, n=self.n or 1,
+                              quantum_profile=str(profile) if profile is not None else None)
+
 
 class ChatCompletionRequest(SamplingRequest):
+    kind = "chat"
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
@@ -76,6 +118,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
+    kind = "completion"
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None
@@ -87,9 +130,11 @@ class CompletionRequest(SamplingRequest):
         return self
 
 
-class GenerateRequest(_Wire):
+class GenerateRequest(JobRequest):
     """The char-GPT seed's ``POST /generate {"seed", "temperature", "num_chars"}``."""
 
+    kind = "generate"
+    form: ClassVar[str] = "chargpt"
     model: str = Field(default="chargpt", min_length=1)
     seed: int = Field(default=42, ge=0, le=2**63 - 1)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
@@ -97,10 +142,19 @@ class GenerateRequest(_Wire):
     prompt: str = Field(default="", max_length=100_000)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
+    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return {**self.model_dump(), "form": self.form}  # the seed's fields with their defaults filled in
 
-class QuantumGenerateRequest(_Wire):
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.num_chars, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed)
+
+
+class QuantumGenerateRequest(JobRequest):
     """The qgpt seed's ``POST /generate {"prompt", "max_tokens", "temperature", "quantum_profile"}``."""
 
+    kind = "generate"
+    form: ClassVar[str] = "qgpt"
     model: str = Field(default="qgpt", min_length=1)
     prompt: str = Field(min_length=1, max_length=100_000)
     max_tokens: int = Field(default=512, ge=1, le=8192)
@@ -109,10 +163,18 @@ class QuantumGenerateRequest(_Wire):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
+    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return {**self.model_dump(), "form": self.form}
 
-class ClassifyRequest(_Wire):
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, quantum_profile=self.quantum_profile)
+
+
+class ClassifyRequest(JobRequest):
     """The classifier seed's ``POST /classify {"prompts": [...]}`` (``model`` optional)."""
 
+    kind = "classify"
     model: str = Field(default="prompt-classifier", min_length=1)
     prompts: list[str] = Field(min_length=1, max_length=10_000)
 
@@ -124,6 +186,9 @@ class ClassifyRequest(_Wire):
                 raise ValueError(f"prompts[{i}] is longer than 100000 characters")
         return v
 
+    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return {"model": self.model, "prompts": self.prompts}
+
 
 def is_quantum_generate(body: dict[str, Any]) -> bool:
     """Which seed's ``/generate`` this is: qgpt sends a prompt (and profile/max_tokens), char-GPT sends neither."""
@@ -131,8 +196,59 @@ def is_quantum_generate(body: dict[str, Any]) -> bool:
 
 
 # ── response builders ────────────────────────────────────────────────────────────────────────────────
+# Backends build choices, chunks and usage with these (without id/model/created: the relay adds them);
+# the relay wraps them into the envelopes below. ``chat`` picks the chat or the legacy completions shape.
 def now() -> int:
     return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def answer_choice(index: int, content: str, finish_reason: str | None, *, chat: bool) -> Choice:
+    """A whole answer's choice: ``message`` (chat) or ``text`` (completions)."""
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "text": content, "logprobs": None, "finish_reason": finish_reason}
+
+
+def message_choice(index: int, message: dict[str, Any], finish_reason: str | None) -> Choice:
+    """A chat choice carrying an upstream's whole message (tool calls, refusal, ...)."""
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def delta_choice(index: int, content: str, *, chat: bool, role: bool = False,
+                 finish_reason: str | None = None) -> Choice:
+    """A stream chunk's choice with a piece of text. ``role`` also opens the assistant message (chat)."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": content} if role else {"content": content}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "text": content, "logprobs": None, "finish_reason": finish_reason}
+
+
+def finish_choice(index: int, finish_reason: str | None, *, chat: bool) -> Choice:
+    """A stream's closing choice: no content, the finish reason."""
+    if chat:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason}
+
+
+def chunk(choices: list[Choice], **extra: Any) -> dict[str, Any]:
+    """A backend's stream chunk (``extra``: usage, system_fingerprint, vendor fields)."""
+    return {"choices": choices, **extra}
+
+
+def usage_chunk(u: Usage, **extra: Any) -> dict[str, Any]:
+    """A stream's last chunk: no choices, the usage (and vendor fields such as quantum_diagnostics)."""
+    return {"choices": [], "usage": u, **extra}
+
+
+def answer(choices: list[Choice], u: Usage | None, **extra: Any) -> dict[str, Any]:
+    """A backend's whole answer (``extra``: system_fingerprint, vendor fields)."""
+    return {"choices": choices, "usage": u, **extra}
 
 
 def chat_completion(

@@ -45,9 +45,11 @@ class JobQueue:
         out_key = q.output_key(spec.id)
         async with self.redis.pipeline(transaction=False) as pipe:
             # EVAL, not EVALSHA: no NOSCRIPT failure mode after a Redis restart, and Redis caches the script
-            pipe.eval(q.ENQUEUE_LUA, 4, self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key,
-                      spec.id, q.serialize_job(spec, now_ms), now_ms, remaining_ms, self.max_depth,
-                      q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S)
+            # (redis-py types script arguments as str; bytes and ints are what Redis gets either way)
+            args: list[Any] = [self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key, spec.id,
+                               q.serialize_job(spec, now_ms), now_ms, remaining_ms, self.max_depth,
+                               q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S]
+            pipe.eval(q.ENQUEUE_LUA, 4, *args)
             pipe.xread({out_key: b"0-0"}, count=1024, block=min(FIRST_READ_MS, remaining_ms))
             depth, first = await pipe.execute()
         if depth == -1:

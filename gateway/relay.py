@@ -89,15 +89,15 @@ class Shape:
             if self.chat:
                 msg = dict(c.get("message") or {})
                 role = msg.pop("role", "assistant")
-                out.append(self.chunk([{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
-                                        "finish_reason": None}]))
+                opening = p.delta_choice(i, "", chat=True, role=True)
+                opening["delta"]["role"] = role
+                out.append(self.chunk([opening]))
                 if msg.get("content") or len(msg) > 1:
                     out.append(self.chunk([{"index": i, "delta": msg, "logprobs": None, "finish_reason": None}]))
-                out.append(self.chunk([{"index": i, "delta": {}, "logprobs": None,
-                                        "finish_reason": c.get("finish_reason")}]))
+                out.append(self.chunk([p.finish_choice(i, c.get("finish_reason"), chat=True)]))
             else:
-                out.append(self.chunk([{"index": i, "text": c.get("text", ""), "logprobs": None,
-                                        "finish_reason": c.get("finish_reason")}]))
+                out.append(self.chunk([p.delta_choice(i, c.get("text", ""), chat=False,
+                                                      finish_reason=c.get("finish_reason"))]))
         return out
 
 
@@ -167,12 +167,6 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: 
                 texts.setdefault(i, []).append(piece)
             finish[i] = c.get("finish_reason") or finish.get(i)
     outcome.usage = usage
-    choices = []
-    for i in sorted(set(texts) | set(finish)):
-        text = "".join(texts.get(i, []))
-        if shape.chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": None, "finish_reason": finish.get(i) or "stop"})
-        else:
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish.get(i) or "stop"})
+    choices = [p.answer_choice(i, "".join(texts.get(i, [])), finish.get(i) or "stop", chat=shape.chat)
+               for i in sorted(set(texts) | set(finish))]
     return shape.whole(choices, usage, fingerprint)

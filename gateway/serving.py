@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from core import queue as q
 from core import schemas as p
-from core.queue import JobKind, JobSpec
+from core.queue import JobKind
 from gateway.auth import MASTER, Principal
 from gateway.context import STARTED_KEY, request_id
 from gateway.errors import (
@@ -39,7 +39,8 @@ from observability.calls import TraceContext
 from observability.http import count_usage, observe_stream, route_of
 
 log = logging.getLogger("gatehouse.gateway")
-T = TypeVar("T", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound=p.JobRequest)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -66,7 +67,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def parse(model_cls: type[T], body: dict[str, Any]) -> T:
+def parse(model_cls: type[M], body: dict[str, Any]) -> M:
     try:
         return model_cls.model_validate(body)
     except ValidationError as e:
@@ -105,8 +106,9 @@ class Generation:
         principal = await svc.auth.authenticate(request)
         gen = cls(svc, principal)
         body = await read_json(request, gen.settings.max_body_bytes)
-        req = parse(model_cls if isinstance(model_cls, type) else model_cls(body), body)
-        gen.check_model(req.model, principal)  # type: ignore[attr-defined]
+        chosen: type[T] = model_cls if isinstance(model_cls, type) else model_cls(body)
+        req = parse(chosen, body)
+        gen.check_model(req.model, principal)
         if isinstance(req, p.SamplingRequest):
             gen.check_limits(req)
         return gen, body, req
@@ -126,16 +128,19 @@ class Generation:
                                  f"{self.settings.max_tokens_limit} tokens per completion.", param=param,
                                  code="invalid_value")
 
-    async def run(self, request: Request, kind: JobKind, body: dict[str, Any], model: str, *, stream: bool,
-                  include_usage: bool, id_prefix: str) -> Response:
+    async def run(self, request: Request, req: p.JobRequest, body: dict[str, Any], *, id_prefix: str) -> Response:
+        """Enqueue ``req`` (``body``: the client's raw body) and answer with the worker's output."""
         rid = request_id(request.scope)
+        kind, model = req.kind, req.model
+        stream = bool(getattr(req, "stream", False))
+        include_usage = req.include_usage() if isinstance(req, p.SamplingRequest) else False
         admission = await self.svc.limiter.admit(rid, self.svc.scopes(self.principal))  # 429 here
         headers = admission.headers if admission else {}
         outcome = Outcome(kind=kind)
         try:
-            spec = JobSpec(id=rid, kind=kind, model=model, body=body, stream=stream,
-                           deadline=deadline_for(request, self.settings.request_timeout_s, stream),
-                           trace=self._trace_context(request) if self.svc.tracing else None)
+            spec = req.to_job(body, request_id=rid, deadline=deadline_for(request, self.settings.request_timeout_s,
+                                                                          stream),
+                              trace=self._trace_context(request) if self.svc.tracing else None)
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             events = read_events(self.svc.redis, rid, spec.deadline, first)

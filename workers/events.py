@@ -33,8 +33,9 @@ class EventWriter:
             await self.write(batch)
 
     async def write(self, events: list[bytes]) -> None:
-        """Append ``events`` now, in one pipelined round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        """Append ``events`` now, in one round trip. MULTI/EXEC, so they land together: a reader blocked on the
+        stream wakes once with all of them rather than once per event."""
+        async with self.redis.pipeline(transaction=len(events) > 1) as pipe:
             for ev in events:
                 pipe.xadd(self.key, {q.EVENT_FIELD: ev})
             pipe.expire(self.key, self.ttl_s)

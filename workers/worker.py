@@ -5,7 +5,8 @@ blocks on the queue's wake list (BLMPOP, which also drains up to the number of f
 trip) and falls back to arq's poll on timeout, so a lost wake-up costs at most ``poll_delay``. Two more
 round-trip savings: due jobs are read and locked in one Lua call, and a job's last output events ride in
 arq's end-of-job transaction. Running a job (``run_job``: timeouts, abort, bookkeeping) and shutdown are
-arq's own. See docs/adr/0002-worker-wake-up.md.
+arq's own. See docs/adr/0002-worker-wake-up.md; the arq internals it relies on are listed in arq_compat.py.
+The job function itself is ``workers.runner.run_request``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arq.connections import RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -31,89 +34,29 @@ from core import queue as q
 from core.config import Config
 from core.pricing import price_list
 from observability import metrics
-from observability.calls import Status
 from observability.jobs import JobObserver
-from observability.logs import request_id_var
-from workers.backends import BackendError, Backends, WholeAnswer
+from workers.backends import BackendError, Backends
 from workers.events import EventWriter
+from workers.runner import run_request
+from workers.state import STATE_KEY, WorkerState, state_of
+
+if TYPE_CHECKING:
+    from gpu_apps.scaling import HybridScaler
+    from observability.tracing import Tracer
 
 log = logging.getLogger("gatehouse.worker")
-FINAL_EVENTS = "final_events"
-FINISHED_CALLS = "finished_calls"  # job id -> CallRecord to trace once its answer is written
 
 
-async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
-    """The one arq job function: run the request on its backend, writing events to its output stream.
-
-    Streamed chunks are written as they come; the last events (a whole answer, an error, ``end``) are handed
-    to the worker, which writes them in the same transaction as arq's end-of-job bookkeeping."""
-    spec = q.JobSpec.from_dict(spec_dict)
-    request_id_var.set(spec.id)  # this job's task only: every log line below carries the request id
-    writer = EventWriter(ctx["redis"], spec.id)
-    backends: Backends = ctx["backends"]
-    obs: JobObserver = ctx["observer"]
-    call = obs.start(spec)
-    final: list[bytes] = []
-    status: Status = "ok"
-    error: dict[str, Any] | None = None
-    try:
-        remaining = spec.remaining()
-        if remaining <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(remaining):
-            backend = backends.get(spec.model)
-            if spec.kind == "generate":
-                result = await backend.generate(spec)
-            elif spec.kind == "classify":
-                result = await backend.classify(spec)
-            elif spec.stream:
-                result = None
-                async for chunk in backend.stream(spec):
-                    if isinstance(chunk, WholeAnswer):
-                        obs.result(call, chunk)
-                        writer.emit(q.result_event(chunk))
-                    else:
-                        obs.chunk(call, chunk)
-                        writer.emit(q.chunk_event(chunk))
-            else:
-                result = await backend.complete(spec)
-            if result is not None:
-                obs.result(call, result)
-                final.append(q.result_event(result))
-    except BackendError as e:
-        status, error = "error", {"status": e.status, "type": e.type, "code": e.code, "message": e.message,
-                                  "param": e.param}
-    except TimeoutError:
-        status, error = "timeout", {"status": 504, "type": "timeout_error", "code": "timeout",
-                                    "message": "The request timed out before the model finished."}
-    except asyncio.CancelledError:
-        error = {"status": 499, "type": "invalid_request_error", "code": "cancelled",
-                 "message": "The request was cancelled."}
-        obs.finish(call, "cancelled", error)
-        obs.trace(call)  # nobody waits for this answer
-        await _hand_over(ctx, spec.id, writer, [*final, q.dumps({"k": "error", **error})])
-        raise
-    except Exception:
-        log.exception("request %s failed in the worker", spec.id)
-        status, error = "error", {"status": 500, "type": "server_error", "code": "internal_error",
-                                  "message": "The worker had an internal error running this request."}
-    if error is not None:
-        final.append(q.dumps({"k": "error", **error}))  # the relay's error event (workers/queue.py)
-    obs.finish(call, status, error)
-    if obs.traced(call):
-        if FINISHED_CALLS in ctx:
-            ctx[FINISHED_CALLS][spec.id] = call  # traced by GatehouseWorker.finish_job, after the answer is out
-        else:
-            obs.trace(call)
-    await _hand_over(ctx, spec.id, writer, final)
+WORKER_LOST = BackendError(502, "The worker running this request stopped before it finished.",
+                           type_="server_error", code="worker_lost")
 
 
-async def _hand_over(ctx: dict[str, Any], job_id: str, writer: EventWriter, final: list[bytes]) -> None:
-    events = await asyncio.shield(writer.settle()) + final + [q.END_EVENT]
-    if FINAL_EVENTS in ctx:
-        ctx[FINAL_EVENTS][job_id] = events  # written by GatehouseWorker.finish_job
-    else:
-        await asyncio.shield(writer.write(events))
+class Claimed(NamedTuple):
+    """What the claim script fetched for one job (arq's run_job would fetch it in a round trip of its own)."""
+
+    payload: bytes | None
+    tries: int
+    aborted: bool
 
 
 class GatehouseWorker(Worker):
@@ -121,7 +64,12 @@ class GatehouseWorker(Worker):
 
     worker_id: str
     _slot_freed: asyncio.Event
-    _claim: Any
+    _claim: AsyncScript
+    _claimed: dict[str, Claimed]
+
+    @property
+    def state(self) -> WorkerState:
+        return state_of(self.ctx)
 
     async def main(self) -> None:
         if self._pool is None:
@@ -129,9 +77,8 @@ class GatehouseWorker(Worker):
                                            job_serializer=self.job_serializer, default_queue_name=self.queue_name,
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
-        self.ctx[FINAL_EVENTS] = {}
-        self.ctx[FINISHED_CALLS] = {}
         self._claim = self.pool.register_script(q.CLAIM_LUA)
+        self._claimed = {}
         if self.on_startup:
             await self.on_startup(self.ctx)
         gc.collect()
@@ -139,8 +86,8 @@ class GatehouseWorker(Worker):
         gc.set_threshold(20_000, 50, 100)  # fewer young-generation passes under load
         self._slot_freed = asyncio.Event()
         side_tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._listen_cancels())]
-        if self.ctx["backends"].scaler is not None:
-            side_tasks.append(asyncio.create_task(self._scale(self.ctx["backends"].scaler)))
+        if self.state.backends.scaler is not None:
+            side_tasks.append(asyncio.create_task(self._scale(self.state.backends.scaler)))
         log.info("worker %s ready on %s (max %d concurrent jobs)", self.worker_id, self.queue_name, self.max_jobs)
         try:
             wake = q.wake_key(self.queue_name)
@@ -157,14 +104,20 @@ class GatehouseWorker(Worker):
                     continue
                 try:
                     if use_lmpop:
-                        await self.pool.execute_command("BLMPOP", self.poll_delay_s, 1, wake, "LEFT", "COUNT", free)
+                        await self._command("BLMPOP", self.poll_delay_s, 1, wake, "LEFT", "COUNT", free)
                     else:
-                        await self.pool.blpop([wake], timeout=self.poll_delay_s)
+                        await self._command("BLPOP", wake, self.poll_delay_s)
                 except ResponseError:  # Redis < 7 has no BLMPOP
                     use_lmpop = False
         finally:
             for t in side_tasks:
                 t.cancel()
+
+    async def _command(self, *args: Any) -> Any:
+        """A raw Redis command: BLMPOP has no redis-py method, and its BLPOP stub takes whole seconds only
+        (Redis accepts a fractional timeout, and the wait is ``poll_delay_s``, 0.5 s)."""
+        execute: Callable[..., Awaitable[Any]] = self.pool.execute_command
+        return await execute(*args)
 
     async def _poll_iteration(self) -> None:
         """arq's poll iteration, with the queue read and the per-job locks in one Lua call (CLAIM_LUA)."""
@@ -172,12 +125,15 @@ class GatehouseWorker(Worker):
         if self.allow_pick_jobs and free > 0:
             claimed = await self._claim(keys=[self.queue_name],
                                         args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000),
-                                              in_progress_key_prefix, free, self.queue_read_limit])
-            for i in range(0, len(claimed), 2):
-                job_id = claimed[i].decode()
+                                              in_progress_key_prefix, free, self.queue_read_limit, job_key_prefix,
+                                              retry_key_prefix, abort_jobs_ss, q.RETRY_KEY_TTL_S])
+            for i in range(0, len(claimed), q.CLAIM_FIELDS):
+                job_id, score, payload, tries, aborted = claimed[i:i + q.CLAIM_FIELDS]
+                job_id = job_id.decode()
+                self._claimed[job_id] = Claimed(payload, int(tries), bool(aborted))
                 await self.sem.acquire()  # never blocks: at most `free` jobs were claimed
                 self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                task = self.loop.create_task(self.run_job(job_id, int(float(score))))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
         if self.allow_abort_jobs:
@@ -188,18 +144,68 @@ class GatehouseWorker(Worker):
                 t.result()  # surface errors raised by run_job itself
         await self.heart_beat()
 
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's run_job for Gatehouse's one job function, with what the claim already fetched: no second round
+        trip for the job, no per-job context copy or argument repr. Timeouts, abort and counters as arq's."""
+        claim = self._claimed.pop(job_id, None) or Claimed(None, 1, False)
+        try:
+            args = self._job_args(job_id, claim)
+            if args is None:
+                self.jobs_failed += 1
+                return
+            self.job_tasks[job_id] = task = self.loop.create_task(run_request(self.ctx, *args))
+            try:
+                async with asyncio.timeout(self.job_timeout_s):
+                    await task
+                self.jobs_complete += 1
+            except asyncio.CancelledError:
+                self.jobs_failed += 1
+                if job_id not in self.aborting_tasks:
+                    raise  # the worker is shutting down: arq's close() waits for this
+                self.aborting_tasks.discard(job_id)
+                log.info("job %s aborted", job_id)
+            except TimeoutError:
+                self.jobs_failed += 1
+                log.warning("job %s passed the worker's job timeout (%.0f s)", job_id, self.job_timeout_s)
+            except Exception:
+                self.jobs_failed += 1
+                log.exception("job %s failed", job_id)  # run_request handles its own errors: this is a bug
+            finally:
+                del self.job_tasks[job_id]
+        finally:
+            await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
+
+    def _job_args(self, job_id: str, claim: Claimed) -> list[Any] | None:
+        """The job's arguments, or None (and why, logged) when it cannot run."""
+        if claim.payload is None:
+            log.warning("job %s expired before a worker took it", job_id)
+            return None
+        if claim.aborted:
+            log.info("job %s was cancelled before it started", job_id)
+            return None
+        if claim.tries > self.max_tries:
+            log.warning("job %s was already tried %d time(s); not running it again", job_id, claim.tries - 1)
+            self.state.final_events[job_id] = [WORKER_LOST.event(), q.END_EVENT]  # its client is still waiting
+            return None
+        job = q.loads(claim.payload)
+        if job.get("f") != q.JOB_FUNCTION:
+            log.warning("job %s names an unknown function %r", job_id, job.get("f"))
+            return None
+        return list(job["a"])
+
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
                          result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
                          keep_in_progress: float | None) -> None:
         """arq's end-of-job bookkeeping, with the request's last output events in the same transaction."""
-        events = self.ctx[FINAL_EVENTS].pop(job_id, None)
+        state = self.state
+        events = state.final_events.pop(job_id, None)
         try:
             await self._finish_job(job_id, events, finish, result_data, result_timeout_s, keep_result_forever,
                                    incr_score, keep_in_progress)
         finally:
-            call = self.ctx[FINISHED_CALLS].pop(job_id, None)
+            call = state.finished_calls.pop(job_id, None)
             if call is not None:
-                self.ctx["observer"].trace(call)
+                state.observer.trace(call)
 
     async def _finish_job(self, job_id: str, events: list[bytes] | None, finish: bool, result_data: bytes | None,
                           result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
@@ -232,15 +238,15 @@ class GatehouseWorker(Worker):
                 async with self.pool.pipeline(transaction=False) as pipe:
                     pipe.zadd(q.WORKERS_KEY, {self.worker_id: now})
                     pipe.zremrangebyscore(q.WORKERS_KEY, "-inf", now - 60)
-                    pipe.hset(busy, self.worker_id, self.job_counter)
+                    pipe.hset(busy, self.worker_id, str(self.job_counter))
                     pipe.expire(busy, 60)
                     await pipe.execute()
             except Exception as e:  # noqa: BLE001 - keep beating through Redis blips
                 log.warning("heartbeat failed: %s", type(e).__name__)
-            self.ctx["observer"].sample_pool(self.ctx["backends"].entropy_pool)
+            self.state.observer.sample_pool(self.state.backends.entropy_pool)
             await asyncio.sleep(q.HEARTBEAT_INTERVAL_S)
 
-    async def _scale(self, scaler: Any) -> None:
+    async def _scale(self, scaler: HybridScaler) -> None:
         """Hybrid scaling: apply changed scaledown windows, publish the report for the gateway's /health."""
         last_error = None
         while True:
@@ -254,7 +260,7 @@ class GatehouseWorker(Worker):
                 last_error = type(e).__name__
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
-                    pipe.hset(q.SCALING_KEY, self.worker_id, q.dumps(scaler.health()))
+                    pipe.hset(q.SCALING_KEY, self.worker_id, q.dumps(scaler.health()).decode())
                     pipe.expire(q.SCALING_KEY, int(q.SCALING_INTERVAL_S * 6))
                     await pipe.execute()
             except Exception as e:  # noqa: BLE001
@@ -278,7 +284,7 @@ class GatehouseWorker(Worker):
                 log.warning("cancel listener reconnecting after %s", type(e).__name__)
                 await asyncio.sleep(0.5)
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
     async def forget(self) -> None:
         async with self.pool.pipeline(transaction=False) as pipe:
@@ -293,8 +299,8 @@ class GatehouseWorker(Worker):
         except (RedisConnectionError, OSError) as e:
             log.warning("Redis was unreachable during shutdown (%s); nothing left to clean up there",
                         type(e).__name__)
-            if "backends" in self.ctx:
-                await self.ctx["backends"].aclose()
+            if STATE_KEY in self.ctx:
+                await self.state.backends.aclose()
 
 
 def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
@@ -303,11 +309,11 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
     backends = Backends(config)
     lane = q.lane_of(q.INTERACTIVE_QUEUE)
-    tracer = None
+    tracer: Tracer | None = None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         nonlocal tracer
-        ctx["backends"] = backends.build()
+        backends.build()
         models = config.models()
         metrics.prime([lane], models)
         if s.metrics.worker_port:
@@ -320,9 +326,10 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
             from observability.tracing import build_tracer
 
             tracer = build_tracer(s.tracing)
-        ctx["observer"] = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
-                                      backend_kinds={name: e.backend for name, e in models.items()},
-                                      prices=price_list(models))
+        observer = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
+                               backend_kinds={name: e.backend for name, e in models.items()},
+                               prices=price_list(models))
+        ctx[STATE_KEY] = WorkerState(redis=worker.pool, backends=backends, observer=observer)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await backends.aclose()

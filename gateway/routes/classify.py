@@ -14,6 +14,5 @@ router = APIRouter()
 @router.post("/v1/classify")
 @router.post("/classify")
 async def classify(request: Request) -> Response:
-    gen, _, req = await Generation.accept(request, p.ClassifyRequest)
-    return await gen.run(request, "classify", req.model_dump(), req.model, stream=False, include_usage=False,
-                         id_prefix="cls-")
+    gen, body, req = await Generation.accept(request, p.ClassifyRequest)
+    return await gen.run(request, req, body, id_prefix="cls-")

@@ -17,10 +17,8 @@ router = APIRouter()
 
 @router.post("/generate")
 async def generate(request: Request) -> Response:
-    gen, _, req = await Generation.accept(request, _form_of)
-    form = "qgpt" if isinstance(req, p.QuantumGenerateRequest) else "chargpt"
-    return await gen.run(request, "generate", {**req.model_dump(), "form": form}, req.model, stream=False,
-                         include_usage=False, id_prefix="gen-")
+    gen, body, req = await Generation.accept(request, _form_of)
+    return await gen.run(request, req, body, id_prefix="gen-")
 
 
 def _form_of(body: dict[str, Any]) -> type[p.GenerateRequest] | type[p.QuantumGenerateRequest]:

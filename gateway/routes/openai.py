@@ -17,16 +17,14 @@ router = APIRouter()
 @router.post("/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, p.ChatCompletionRequest)
-    return await gen.run(request, "chat", body, req.model, stream=bool(req.stream),
-                         include_usage=req.include_usage(), id_prefix="chatcmpl-")
+    return await gen.run(request, req, body, id_prefix="chatcmpl-")
 
 
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
 async def completions(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, p.CompletionRequest)
-    return await gen.run(request, "completion", body, req.model, stream=bool(req.stream),
-                         include_usage=req.include_usage(), id_prefix="cmpl-")
+    return await gen.run(request, req, body, id_prefix="cmpl-")
 
 
 @router.get("/v1/models")

@@ -10,20 +10,22 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core import schemas as s
 from core.config import ModelEntry
 from core.queue import JobSpec
-from workers.backends.base import Backend, BackendError
+from workers.backends.base import Answer, BackendError, Chunk, Completions
 
 _DROP = {"model", "stream", "stream_options"}
+_MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal")
 
 
-class LiteLLMBackend(Backend):
-    name = "litellm"
+class LiteLLMBackend(Completions):
+    kind = "litellm"
 
     def __init__(self, entry: ModelEntry, *, retries: int = 2, timeout_s: float = 600.0):
         lp = entry.litellm_params
         self.model = lp.model
-        self.params: dict[str, Any] = {k: v for k, v in lp.extra_params().items()}
+        self.params: dict[str, Any] = dict(lp.extra_params())
         if lp.api_base:
             self.params["api_base"] = lp.api_base
         if lp.api_key is not None:
@@ -38,7 +40,7 @@ class LiteLLMBackend(Backend):
             kw.update(stream=True, stream_options={"include_usage": True})
         return kw
 
-    async def complete(self, job: JobSpec) -> dict[str, Any]:
+    async def complete(self, job: JobSpec) -> Answer:
         litellm = _import()
         fn = litellm.acompletion if job.kind == "chat" else litellm.atext_completion
         try:
@@ -48,29 +50,26 @@ class LiteLLMBackend(Backend):
         out = resp.model_dump(exclude_none=True)
         choices = []
         for c in out.get("choices") or ():
-            choice = {"index": c.get("index", 0), "logprobs": None, "finish_reason": c.get("finish_reason")}
+            index, finish = c.get("index", 0), c.get("finish_reason")
             if job.kind == "chat":
-                msg = c.get("message") or {}
-                choice["message"] = {k: v for k, v in msg.items() if k in ("role", "content", "tool_calls",
-                                                                          "function_call", "refusal")}
+                msg = {k: v for k, v in (c.get("message") or {}).items() if k in _MESSAGE_KEYS}
+                choices.append(s.message_choice(index, msg, finish))
             else:
-                choice["text"] = c.get("text", "")
-            choices.append(choice)
-        return {"choices": choices, "usage": _usage(out.get("usage") or {})}
+                choices.append(s.answer_choice(index, c.get("text", ""), finish, chat=False))
+        return s.answer(choices, _usage(out.get("usage") or {}))
 
-    async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, job: JobSpec) -> AsyncIterator[Chunk]:
         litellm = _import()
         fn = litellm.acompletion if job.kind == "chat" else litellm.atext_completion
         try:
             resp = await fn(**self._kwargs(job, stream=True))
             async for chunk in resp:
                 d = chunk.model_dump(exclude_none=True)
-                choices = [_chunk_choice(c, job.kind) for c in d.get("choices") or ()]
-                choices = [c for c in choices if c is not None]
+                choices = [c for raw in d.get("choices") or () if (c := _chunk_choice(raw, job.kind)) is not None]
                 if choices:
-                    yield {"choices": choices}
+                    yield s.chunk(choices)
                 if d.get("usage"):
-                    yield {"choices": [], "usage": _usage(d["usage"])}
+                    yield s.usage_chunk(_usage(d["usage"]))
         except BackendError:
             raise
         except Exception as e:
@@ -81,20 +80,18 @@ def _chunk_choice(c: dict[str, Any], kind: str) -> dict[str, Any] | None:
     """An OpenAI-shaped chunk choice, or None for LiteLLM's empty filler deltas."""
     finish = c.get("finish_reason")
     if kind == "chat":
-        delta = {k: v for k, v in (c.get("delta") or {}).items() if k in ("role", "content", "tool_calls",
-                                                                          "function_call", "refusal")}
+        delta = {k: v for k, v in (c.get("delta") or {}).items() if k in _MESSAGE_KEYS}
         if not delta and finish is None:
             return None
         return {"index": c.get("index", 0), "delta": delta, "logprobs": None, "finish_reason": finish}
     text = c.get("text", "")
     if not text and finish is None:
         return None
-    return {"index": c.get("index", 0), "text": text, "logprobs": None, "finish_reason": finish}
+    return s.delta_choice(c.get("index", 0), text, chat=False, finish_reason=finish)
 
 
-def _usage(u: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(u: dict[str, Any]) -> s.Usage:
+    return s.usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
 
 
 def _import() -> Any:

@@ -17,60 +17,62 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from core import schemas as s
 from core.config import ModelEntry
-from core.queue import JobSpec
+from core.queue import JobSpec, SamplingParams
 from gpu_apps.qgpt.profiles import DEFAULT_PROFILE, profile_names
-from workers.backends.base import Backend, BackendError
+from workers.backends.base import Answer, BackendError, Chunk, Completions, Generates
+from workers.backends.prompt import prompt_of
+
+if TYPE_CHECKING:
+    from gpu_apps.chargpt import CharGPTEngine
+    from gpu_apps.qgpt.entropy import EntropyPool
+    from gpu_apps.qgpt.processor import QuantumLogitsProcessor
 
 DEFAULT_MAX_TOKENS = 256
 _END = object()
 
 
-def prompt_of(job: JobSpec) -> str:
-    body = job.body
-    if job.kind == "chat":
-        parts = []
-        for m in body.get("messages") or []:
-            c = m.get("content")
-            if isinstance(c, list):
-                c = "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-            if c:
-                parts.append(str(c))
-        return "\n".join(parts)
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list):
-        if prompt and all(isinstance(x, str) for x in prompt):
-            return str(prompt[0])
-        raise BackendError(400, "This model takes text prompts, not token ids.", param="prompt",
-                           code="invalid_value")
-    return str(prompt)
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One generation's arguments, resolved from the job's sampling parameters."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    processor: QuantumLogitsProcessor | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": list(self.stop),
+                "logits_processor": self.processor}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"quantum_diagnostics": ...}`` for a quantum-sampled run, else nothing."""
+        proc = self.processor
+        return {"quantum_diagnostics": {**proc.diagnostics(), "quantum_profile": proc.profile.name}} if proc else {}
 
 
-def stops_of(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+class LocalBackend(Completions, Generates):
+    kind = "local"
 
-
-class LocalBackend(Backend):
-    name = "local"
-
-    def __init__(self, entry: ModelEntry, engine: Any, executor: ThreadPoolExecutor, pool: Any = None):
+    def __init__(self, entry: ModelEntry, engine: CharGPTEngine, executor: ThreadPoolExecutor,
+                 pool: EntropyPool | None = None):
         self.model_name = entry.model_name
         self.engine = engine
         self.executor = executor
-        self.pool = pool  # gpu_apps.qgpt.entropy.EntropyPool
+        self.pool = pool
         self.quantum_default = DEFAULT_PROFILE if entry.litellm_params.extra_params().get("quantum") else None
-        self.block_size = int(engine.info().get("block_size", 256))
 
-    def _quantum(self, body: dict[str, Any], temperature: float, top_p: float) -> Any:
+    def _quantum(self, profile: str | None, temperature: float, top_p: float) -> QuantumLogitsProcessor | None:
         """A quantum logits processor for this request, or None (no profile asked for, or greedy decoding)."""
-        name = body.get("quantum_profile") or self.quantum_default
+        name = profile or self.quantum_default
         if name is None or temperature == 0 or self.pool is None:
             return None
         from gpu_apps.qgpt.processor import QuantumLogitsProcessor  # imports transformers: only when used
@@ -81,132 +83,100 @@ class LocalBackend(Backend):
             raise BackendError(400, f"Unknown quantum_profile {name!r}: use one of {', '.join(profile_names())}.",
                                param="quantum_profile", code="invalid_value") from e
 
-    def _params(self, job: JobSpec) -> dict[str, Any]:
-        b = job.body
-        max_tokens = b.get("max_completion_tokens") or b.get("max_tokens") or DEFAULT_MAX_TOKENS
-        params = {"max_new_tokens": int(max_tokens),
-                  "temperature": float(b["temperature"]) if b.get("temperature") is not None else 1.0,
-                  "top_p": float(b["top_p"]) if b.get("top_p") is not None else 1.0,
-                  "seed": b.get("seed"), "stop": stops_of(b)}
-        params["logits_processor"] = self._quantum(b, params["temperature"], params["top_p"])
-        return params
+    def _run_of(self, p: SamplingParams, *, quantum: bool = True) -> Run:
+        temperature = p.temperature if p.temperature is not None else 1.0
+        top_p = p.top_p if p.top_p is not None else 1.0
+        processor = self._quantum(p.quantum_profile, temperature, top_p) if quantum else None
+        return Run(p.max_tokens or DEFAULT_MAX_TOKENS, temperature, top_p, p.seed, p.stop, processor)
 
-    def _run(self, prompt: str, params: dict[str, Any], cancel: threading.Event,
-             emit: Any) -> str:
+    def _pump(self, prompt: str, run: Run, cancel: threading.Event, emit: Callable[[str], None]) -> str:
         """Thread body: pump the engine's generator, emitting pieces; returns the finish reason."""
-        gen: Iterator[str] = self.engine.generate(prompt, **params)
+        gen: Generator[str, None, str] = self.engine.generate(prompt, run.max_new_tokens, **run.kwargs())
         try:
             while True:
                 if cancel.is_set():
                     return "cancelled"
-                piece = next(gen)
-                emit(piece)
+                emit(next(gen))
         except StopIteration as stop:
             return str(stop.value or "length")
         finally:
             gen.close()
 
-    async def _pieces(self, prompt: str, params: dict[str, Any]) -> AsyncIterator[str | tuple[str]]:
+    async def _pieces(self, prompt: str, run: Run) -> AsyncIterator[str | tuple[str]]:
         """Stream pieces from a worker thread; the final item is ``(finish_reason,)``."""
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
 
         def emit(piece: str) -> None:
-            loop.call_soon_threadsafe(q.put_nowait, piece)
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
 
-        fut = loop.run_in_executor(self.executor, self._run, prompt, params, cancel, emit)
-        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(q.put_nowait, _END))
+        fut = loop.run_in_executor(self.executor, self._pump, prompt, run, cancel, emit)
+        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _END))
         try:
-            while True:
-                item = await q.get()
-                if item is _END:
-                    break
+            while (item := await queue.get()) is not _END:
                 yield item
             yield (await fut,)
         finally:
             cancel.set()
 
-    def _seeds(self, job: JobSpec) -> list[int | None]:
-        n = int(job.body.get("n") or 1)
-        seed = job.body.get("seed")
+    @staticmethod
+    def _seeded(run: Run, n: int) -> list[Run]:
         # torch seeds are 64-bit: wrap rather than fail on a seed near the top of OpenAI's int64 range
-        return [None if seed is None else (int(seed) + i) % 2**63 for i in range(n)]
+        return [run if run.seed is None else replace(run, seed=(run.seed + i) % 2**63) for i in range(n)]
 
-    async def complete(self, job: JobSpec) -> dict[str, Any]:
-        prompt = prompt_of(job)
-        params = self._params(job)
+    async def complete(self, job: JobSpec) -> Answer:
+        prompt, run = prompt_of(job), self._run_of(job.params)
+        chat = job.kind == "chat"
         choices, completion_tokens = [], 0
-        for i, seed in enumerate(self._seeds(job)):
+        for i, r in enumerate(self._seeded(run, job.params.n)):
             text, finish = [], "length"
-            async for item in self._pieces(prompt, {**params, "seed": seed}):
+            async for item in self._pieces(prompt, r):
                 if isinstance(item, tuple):
                     finish = item[0]
                 else:
                     text.append(item)
             out = "".join(text)
             completion_tokens += len(out)
-            if job.kind == "chat":
-                choices.append({"index": i, "message": {"role": "assistant", "content": out, "refusal": None},
-                                "logprobs": None, "finish_reason": finish})
-            else:
-                choices.append({"index": i, "text": out, "logprobs": None, "finish_reason": finish})
-        return {"choices": choices, "usage": _usage(len(prompt), completion_tokens), **_diagnostics(params)}
+            choices.append(s.answer_choice(i, out, finish, chat=chat))
+        return s.answer(choices, s.usage(len(prompt), completion_tokens), **run.diagnostics())
 
-    async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
-        prompt = prompt_of(job)
-        params = self._params(job)
+    async def stream(self, job: JobSpec) -> AsyncIterator[Chunk]:
+        prompt, run = prompt_of(job), self._run_of(job.params)
         chat = job.kind == "chat"
         completion_tokens = 0
-        for i, seed in enumerate(self._seeds(job)):
-            if chat:
-                yield {"choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]}
-            async for item in self._pieces(prompt, {**params, "seed": seed}):
+        for i, r in enumerate(self._seeded(run, job.params.n)):
+            opened = not chat  # a chat choice's first chunk carries the assistant role
+            async for item in self._pieces(prompt, r):
                 if isinstance(item, tuple):
-                    end: dict[str, Any] = {"index": i, "logprobs": None, "finish_reason": item[0]}
-                    end.update({"delta": {}} if chat else {"text": ""})
-                    yield {"choices": [end]}
+                    if not opened:  # nothing generated: the role still opens the message
+                        yield s.chunk([s.delta_choice(i, "", chat=chat, role=True)])
+                    yield s.chunk([s.finish_choice(i, item[0], chat=chat)])
                 else:
                     completion_tokens += len(item)
-                    piece = {"delta": {"content": item}} if chat else {"text": item}
-                    yield {"choices": [{"index": i, **piece, "logprobs": None, "finish_reason": None}]}
-        yield {"choices": [], "usage": _usage(len(prompt), completion_tokens), **_diagnostics(params)}
+                    yield s.chunk([s.delta_choice(i, item, chat=chat, role=not opened)])
+                    opened = True
+        yield s.usage_chunk(s.usage(len(prompt), completion_tokens), **run.diagnostics())
 
-    async def generate(self, job: JobSpec) -> dict[str, Any]:
+    async def generate(self, job: JobSpec) -> Answer:
         """The seeds' ``/generate``, in the format of the seed that sent it (``body["form"]``):
         char-GPT ``{"seed", "temperature", "num_chars"}`` -> ``{"generated_text", "seed", ...}``;
         qgpt ``{"prompt", "max_tokens", "temperature", "quantum_profile"}`` -> ``{"generated_text",
         "tokens_generated", "quantum_profile", "quantum_diagnostics", "generation_time", "model", "temperature"}``."""
-        b = job.body
-        quantum = b.get("form") == "qgpt"
-        params = {"max_new_tokens": int(b["max_tokens"] if quantum else b["num_chars"]),
-                  "temperature": float(b["temperature"]), "top_p": float(b.get("top_p", 1.0)),
-                  "seed": b.get("seed"), "stop": []}
-        params["logits_processor"] = self._quantum(b, params["temperature"], params["top_p"]) if quantum else None
+        quantum = job.body.get("form") == "qgpt"
+        run = self._run_of(job.params, quantum=quantum)
         started = time.perf_counter()
-        text = []
-        async for item in self._pieces(str(b.get("prompt") or ""), params):
-            if not isinstance(item, tuple):
-                text.append(item)
+        text = [item async for item in self._pieces(str(job.body.get("prompt") or ""), run)
+                if not isinstance(item, tuple)]
         elapsed = time.perf_counter() - started
         out = "".join(text)
         if quantum:
-            diagnostics = _diagnostics(params).get("quantum_diagnostics") or {
+            diagnostics = run.diagnostics().get("quantum_diagnostics") or {
                 "total_entropy_consumed": 0, "modifications_applied": 0, "average_logit_diff": 0.0,
                 "entropy_source": "none"}
-            return {"generated_text": out, "tokens_generated": len(out), "quantum_profile": b["quantum_profile"],
+            return {"generated_text": out, "tokens_generated": len(out), "quantum_profile": job.params.quantum_profile,
                     "quantum_diagnostics": diagnostics, "generation_time": round(elapsed, 4),
-                    "model": self.model_name, "temperature": params["temperature"]}
-        return {"generated_text": out, "seed": params["seed"], "temperature": params["temperature"],
-                "num_chars": params["max_new_tokens"], "model": self.model_name,
+                    "model": self.model_name, "temperature": run.temperature}
+        return {"generated_text": out, "seed": run.seed, "temperature": run.temperature,
+                "num_chars": run.max_new_tokens, "model": self.model_name,
                 "generation_time_ms": round(elapsed * 1000, 2)}
-
-
-def _diagnostics(params: dict[str, Any]) -> dict[str, Any]:
-    proc = params.get("logits_processor")
-    return {"quantum_diagnostics": {**proc.diagnostics(), "quantum_profile": proc.profile.name}} if proc else {}
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

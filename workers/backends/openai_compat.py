@@ -18,7 +18,6 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import aiohttp
 import orjson
@@ -26,7 +25,7 @@ import orjson
 from core.config import ModelEntry
 from core.queue import JobSpec
 from observability import calls
-from workers.backends.base import Backend, BackendError, WholeAnswer
+from workers.backends.base import Answer, BackendError, Chunk, Completions, WholeAnswer
 
 log = logging.getLogger("gatehouse.worker")
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",
@@ -51,8 +50,8 @@ def new_session(limit: int = 1024) -> aiohttp.ClientSession:
                                  auto_decompress=True)
 
 
-class OpenAICompatibleBackend(Backend):
-    name = "openai"
+class OpenAICompatibleBackend(Completions):
+    kind = "openai"
 
     def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession, *, retries: int = 2,
                  timeout_s: float = 600.0, on_request: Callable[[], None] | None = None):
@@ -118,9 +117,8 @@ class OpenAICompatibleBackend(Backend):
             if not err.retryable or (attempt > self.retries and not cold):
                 raise err
             delay = min(COLD_START_MAX_DELAY_S if cold else 8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
-            retry_after = getattr(err, "retry_after", None)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+            if err.retry_after is not None:
+                delay = max(delay, err.retry_after)
             if delay >= job.remaining():
                 raise err
             if cold:
@@ -135,7 +133,7 @@ class OpenAICompatibleBackend(Backend):
             self.on_request()
         return self._build(job, stream)
 
-    async def complete(self, job: JobSpec) -> dict[str, Any]:
+    async def complete(self, job: JobSpec) -> Answer:
         url, data = self._request(job, stream=False)
         resp = await self._post(job, url, data)
         async with resp:
@@ -147,7 +145,7 @@ class OpenAICompatibleBackend(Backend):
         # everything but the envelope the gateway rewrites: vendor fields (e.g. qgpt's quantum_diagnostics) pass
         return {k: v for k, v in out.items() if k not in _ENVELOPE}
 
-    async def stream(self, job: JobSpec) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, job: JobSpec) -> AsyncIterator[Chunk]:
         url, data = self._request(job, stream=True)
         resp = await self._post(job, url, data)
         async with resp:
@@ -191,7 +189,7 @@ async def _error_from(resp: aiohttp.ClientResponse) -> BackendError:
     ra = resp.headers.get("retry-after")
     if ra:
         try:
-            err.retry_after = float(ra)  # type: ignore[attr-defined]
+            err.retry_after = float(ra)
         except ValueError:
             pass
     return err

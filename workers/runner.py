@@ -1,0 +1,161 @@
+"""The one arq job function, ``run_request``: run a request on its model's backend and write what comes out to
+the request's output stream.
+
+    JobSpec ─► backend (by capability) ─► chunks as they come (EventWriter) ─► last events + ``end``
+                                                                   (handed to GatehouseWorker.finish_job)
+
+Every failure becomes exactly one error event, built by ``BackendError.event`` (core.queue.error_event): a
+backend's own error, the deadline, a cancellation, or a bug in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from core import queue as q
+from core.queue import JobSpec
+from observability.calls import CallRecord, Status
+from observability.jobs import JobObserver
+from observability.logs import request_id_var
+from workers.backends import (
+    Answer,
+    Backend,
+    BackendError,
+    Chunk,
+    Classifies,
+    Completions,
+    Generates,
+    WholeAnswer,
+    unsupported,
+)
+from workers.events import EventWriter
+from workers.state import WorkerState, state_of
+
+log = logging.getLogger("gatehouse.worker")
+
+TIMED_OUT = BackendError(504, "The request timed out before the model finished.", type_="timeout_error",
+                         code="timeout")
+CANCELLED = BackendError(499, "The request was cancelled.", code="cancelled")
+INTERNAL = BackendError(500, "The worker had an internal error running this request.", type_="server_error",
+                        code="internal_error")
+
+
+async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
+    """Run one request; its last events are left in ``state.final_events`` for the worker to write."""
+    state = state_of(ctx)
+    spec = JobSpec.from_dict(spec_dict)
+    request_id_var.set(spec.id)  # this job's task only: every log line below carries the request id
+    writer = EventWriter(state.redis, spec.id)
+    call = state.observer.start(spec)
+    status: Status = "ok"
+    failure: BackendError | None = None
+    final: list[bytes] = []
+    try:
+        final = await answer(state.backends.get(spec.model), spec, writer, state.observer, call)
+    except asyncio.CancelledError:
+        await _end(state, spec.id, writer, call, "cancelled", CANCELLED, final)
+        raise
+    except BackendError as e:
+        status, failure = "error", e
+    except TimeoutError:
+        status, failure = "timeout", TIMED_OUT
+    except Exception:
+        log.exception("request %s failed in the worker", spec.id)  # a bug must not leave the client waiting
+        status, failure = "error", INTERNAL
+    await _end(state, spec.id, writer, call, status, failure, final)
+
+
+async def answer(backend: Backend, job: JobSpec, writer: EventWriter, observer: JobObserver,
+                 call: CallRecord) -> list[bytes]:
+    """Run ``job`` on ``backend`` within the job's deadline. Streamed chunks go out through ``writer`` as they
+    come; a whole answer is returned as the last events (they ride in the end-of-job transaction)."""
+    remaining = job.remaining()
+    if remaining <= 0:
+        raise TimeoutError
+    async with asyncio.timeout(remaining):
+        result: Answer
+        if job.kind in Completions.provides and isinstance(backend, Completions):
+            if job.stream:
+                await relay_chunks(backend.stream(job), writer, observer, call)
+                return []
+            result = await backend.complete(job)
+        elif job.kind == "generate" and isinstance(backend, Generates):
+            result = await backend.generate(job)
+        elif job.kind == "classify" and isinstance(backend, Classifies):
+            result = await backend.classify(job)
+        else:
+            raise unsupported(job, backend)
+    observer.result(call, result)
+    return [q.result_event(result)]
+
+
+async def relay_chunks(chunks: AsyncIterator[Chunk], writer: EventWriter, observer: JobObserver,
+                       call: CallRecord) -> None:
+    """A backend's stream into output events. An opening chunk that only announces the assistant's role is
+    held and sent with the first chunk that has content: the client's first token then needs one write and one
+    read instead of two of each."""
+    held: Chunk | None = None
+    first = True
+    async for chunk in chunks:
+        if isinstance(chunk, WholeAnswer):
+            observer.result(call, chunk)
+            if held is not None:
+                writer.emit(q.chunk_event(held))
+                held = None
+            writer.emit(q.result_event(chunk))
+            continue
+        observer.chunk(call, chunk)
+        if first and opens_only(chunk):
+            held, first = chunk, False
+            continue
+        first = False
+        if held is not None:
+            chunk, held = with_opening(held, chunk), None
+        writer.emit(q.chunk_event(chunk))
+    if held is not None:
+        writer.emit(q.chunk_event(held))
+
+
+def opens_only(chunk: Chunk) -> bool:
+    """Whether a chunk carries nothing but the role of the message it opens (``{"role": "assistant",
+    "content": ""}``, no finish reason, no usage)."""
+    choices = chunk.get("choices")
+    if not choices or chunk.get("usage"):
+        return False
+    for c in choices:
+        delta = c.get("delta")
+        if not delta or "role" not in delta or c.get("finish_reason") or c.get("logprobs"):
+            return False
+        if any(v for k, v in delta.items() if k != "role"):
+            return False
+    return True
+
+
+def with_opening(opening: Chunk, chunk: Chunk) -> Chunk:
+    """``chunk`` with the held opening's role put into the deltas of the choices it opened."""
+    roles = {c.get("index", 0): c["delta"]["role"] for c in opening["choices"]}
+    choices = []
+    for c in chunk.get("choices") or ():
+        role = roles.pop(c.get("index", 0), None)
+        delta = c.get("delta")
+        if role is not None and isinstance(delta, dict) and "role" not in delta:
+            c = {**c, "delta": {"role": role, **delta}}
+        choices.append(c)
+    leftover = [c for c in opening["choices"] if c.get("index", 0) in roles]
+    return {**chunk, "choices": [*leftover, *choices]}
+
+
+async def _end(state: WorkerState, job_id: str, writer: EventWriter, call: CallRecord, status: Status,
+               failure: BackendError | None, final: list[bytes]) -> None:
+    """Close the job's record and leave its last events (and, when traced, its record) to the worker."""
+    if failure is not None:
+        final = [*final, failure.event()]
+    state.observer.finish(call, status, failure.as_dict() if failure is not None else None)
+    if status == "cancelled":
+        state.observer.trace(call)  # nobody waits for this answer: trace it now
+    elif state.observer.traced(call):
+        state.finished_calls[job_id] = call  # traced by GatehouseWorker.finish_job, after the answer is out
+    state.final_events[job_id] = [*await asyncio.shield(writer.settle()), *final, q.END_EVENT]
