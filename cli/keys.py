@@ -76,6 +76,8 @@ def create(alias: Annotated[str | None, typer.Option(help="A name for the key.")
     out.print(_table([k]))
     out.print(f"key (shown once):  [bold]{k['key']}[/bold]\nBasic auth pair:   {k['key_id']}:{k['key_secret']}",
               highlight=False, soft_wrap=True)
+    for warning in k.get("warnings") or ():
+        err.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
 
 
 @keys_app.command("list")

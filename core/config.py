@@ -79,6 +79,9 @@ DEFAULT_MODEL_LIST = [
     ModelEntry(model_name="chargpt", litellm_params=LiteLLMParams(model="local/chargpt")),
     # the qgpt seed's quantum-steered sampling, on the local char-GPT (OS CSPRNG unless qrng_api_key is set)
     ModelEntry(model_name="qgpt", litellm_params=LiteLLMParams(model="local/chargpt", quantum=True)),
+    # the classifier seed's /classify: NVIDIA's model from the Hugging Face cache/hub, loaded on first use
+    ModelEntry(model_name="prompt-classifier", litellm_params=LiteLLMParams(
+        model="local/classifier", checkpoint="nvidia/prompt-task-and-complexity-classifier")),
 ]
 
 

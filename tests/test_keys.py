@@ -109,13 +109,56 @@ def test_update_list_and_validation(stack) -> None:  # type: ignore[no-untyped-d
     listed = httpx.get(stack.base_url + "/key/list", params={"team_id": "team-upd", "return_full_object": True},
                        headers=admin(stack)).json()
     assert listed["total_count"] == 1 and listed["keys"][0]["key_id"] == k["key_id"]
-    for body, param in (({"budget_duration": "soon"}, "budget_duration"), ({"rpm_limit": -1}, "rpm_limit"),
-                        ({"models": ["no-such-model"]}, "models")):
+    for body, param in (({"budget_duration": "soon"}, "budget_duration"), ({"rpm_limit": -1}, "rpm_limit")):
         r = httpx.post(stack.base_url + "/key/generate", json=body, headers=admin(stack))
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     r = httpx.post(stack.base_url + "/key/update", json={"key": "ak-0000000000000000", "rpm_limit": 1},
                    headers=admin(stack))
     assert r.status_code == 404
+
+
+NOT_YET = "model(s) not configured on this gateway yet: "
+
+
+def test_a_key_may_name_a_model_not_configured_yet(stack) -> None:  # type: ignore[no-untyped-def]
+    """As in LiteLLM, teams create keys before the model is deployed: accepted with a warning, and the
+    allowlist is still enforced."""
+    k = create_key(stack, key_alias="early-bird", models=["not-deployed-yet"])
+    assert k["warnings"] == [NOT_YET + "not-deployed-yet"]
+    assert k["models"] == ["not-deployed-yet"] and k["key_alias"] == "early-bird"
+    assert k["key"].startswith("sk-gh-") and k["basic_auth"].startswith("Basic ") and k["key_secret"]
+    info = httpx.get(stack.base_url + "/key/info", params={"key": k["key_id"]}, headers=admin(stack)).json()
+    assert info["info"]["models"] == ["not-deployed-yet"]
+    client = sdk(stack, k["key"])
+    with pytest.raises(openai.PermissionDeniedError) as denied:  # a configured model it is not allowed
+        client.chat.completions.create(model="chargpt", messages=MSG, max_tokens=4)
+    assert denied.value.status_code == 403 and denied.value.body["code"] == "model_not_allowed"
+    with pytest.raises(openai.NotFoundError) as missing:  # its own model, until it is configured
+        client.chat.completions.create(model="not-deployed-yet", messages=MSG)
+    assert missing.value.status_code == 404 and missing.value.body["code"] == "model_not_found"
+    assert [m.id for m in client.models.list()] == []
+    # only the models not configured are named; a key naming configured models only gets no warnings
+    mixed = create_key(stack, models=["echo", "not-deployed-yet", "also-later"])
+    assert mixed["warnings"] == [NOT_YET + "also-later, not-deployed-yet"]
+    assert sdk(stack, mixed["key"]).chat.completions.create(model="echo", messages=MSG).choices
+    assert "warnings" not in create_key(stack, models=["echo"]) and "warnings" not in create_key(stack)
+    # /key/update says the same
+    r = httpx.post(stack.base_url + "/key/update", json={"key": k["key_id"], "models": ["echo", "later-model"]},
+                   headers=admin(stack))
+    assert r.status_code == 200 and r.json()["models"] == ["echo", "later-model"], r.text
+    assert r.json()["warnings"] == [NOT_YET + "later-model"]
+    assert client.chat.completions.create(model="echo", messages=MSG).choices  # effective at once
+    r = httpx.post(stack.base_url + "/key/update", json={"key": k["key_id"], "rpm_limit": 50}, headers=admin(stack))
+    assert r.status_code == 200 and "warnings" not in r.json()
+
+
+def test_keys_cli_prints_the_warning(stack) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "GATEHOUSE_ADMIN_KEY": stack.master_key, "FORCE_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "cli", "keys", "create", "--model", "not-deployed-yet", "--base-url",
+                        stack.base_url], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "sk-gh-" in r.stdout and NOT_YET + "not-deployed-yet" not in r.stdout
+    assert NOT_YET + "not-deployed-yet" in r.stderr and "\x1b[33m" in r.stderr  # on stderr, in yellow
 
 
 def test_expired_key_is_rejected(stack) -> None:  # type: ignore[no-untyped-def]
@@ -156,7 +199,7 @@ def test_keys_cli(stack) -> None:  # type: ignore[no-untyped-def]
     run = [sys.executable, "-m", "cli", "keys"]
     r = subprocess.run([*run, "create", "--alias", "cli-key", "-m", "echo", "--rpm", "5", "--base-url",
                         stack.base_url], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
     key = next(w for w in r.stdout.split() if w.startswith("sk-gh-"))
     assert sdk(stack, key).chat.completions.create(model="echo", messages=MSG).choices
     r = subprocess.run([*run, "list", "--base-url", stack.base_url], capture_output=True, text=True, env=env,

@@ -94,6 +94,14 @@ def _shown(record: KeyRecord) -> dict[str, Any]:
     return d
 
 
+def _not_configured(svc: Services, fields: dict[str, Any]) -> list[str]:
+    """Warnings for allowed models this gateway does not serve yet. Like LiteLLM, a key may name them (teams
+    create keys before a model is deployed): the allowlist holds them, and calling one is a 404 until it is
+    configured."""
+    unknown = sorted(set(fields.get("models") or ()) - set(svc.models))
+    return [f"model(s) not configured on this gateway yet: {', '.join(unknown)}"] if unknown else []
+
+
 async def _admin(request: Request) -> tuple[Services, Principal]:
     svc = services(request)
     principal = await svc.auth.authenticate(request)
@@ -108,10 +116,7 @@ async def generate_key(request: Request) -> Response:
     fields = parse(KeyFields, await read_json(request, svc.config.settings.max_body_bytes)).columns()
     if fields.get("is_admin") and principal.kind != "master":
         raise PermissionDenied("Only the master key may create admin keys.", param="is_admin", code="admin_only")
-    unknown = set(fields.get("models") or ()) - set(svc.models)
-    if unknown:
-        raise InvalidRequest(f"Unknown model(s): {', '.join(sorted(unknown))}.", param="models",
-                             code="model_not_found")
+    warnings = _not_configured(svc, fields)
     store = await svc.key_store()
     try:
         record, cred = await store.create(**fields)
@@ -120,7 +125,7 @@ async def generate_key(request: Request) -> Response:
                              code="duplicate_key_alias") from None
     basic = base64.b64encode(f"{cred.key_id}:{cred.secret}".encode()).decode()
     return _json({"key": cred.bearer, "key_id": cred.key_id, "key_secret": cred.secret,
-                  "basic_auth": f"Basic {basic}", **_shown(record)})
+                  "basic_auth": f"Basic {basic}", **_shown(record), **({"warnings": warnings} if warnings else {})})
 
 
 @router.get("/key/info")
@@ -151,7 +156,8 @@ async def update_key(request: Request) -> Response:
     if record is None:
         raise NotFound(f"No active key with id {key_id}.", code="key_not_found")
     await svc.keys.invalidate(key_id)
-    return _json({"key": key_id, **_shown(record)})
+    warnings = _not_configured(svc, fields)
+    return _json({"key": key_id, **_shown(record), **({"warnings": warnings} if warnings else {})})
 
 
 @router.post("/key/delete")

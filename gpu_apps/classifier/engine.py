@@ -21,6 +21,7 @@ server.
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,102 @@ from .model import PromptClassifier
 from .postprocess import postprocess
 
 DEFAULT_MODEL_NAME = "nvidia/prompt-task-and-complexity-classifier"
+#: What a hub download fetches: config, weights and tokenizer files (not README/.gitattributes).
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
+TOKENIZER_FILES = ("tokenizer.json", "spm.model", "tokenizer_config.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name
+
+
+class ModelUnavailable(Exception):
+    """The checkpoint cannot be loaded on this machine: not a directory, not in the Hugging Face cache and the
+    hub not reachable, or files missing. The message names the checkpoint and says how to provide it."""
+
+    def __init__(self, checkpoint: str, reason: str) -> None:
+        self.checkpoint = checkpoint
+        self.reason = reason
+        hub_id = checkpoint if _HUB_ID.fullmatch(checkpoint) else DEFAULT_MODEL_NAME
+        super().__init__(
+            f"The classifier checkpoint `{checkpoint}` is not available: {reason}. To provide it, either set "
+            "`litellm_params.checkpoint: /path/to/dir` to a local directory holding config.json, model.safetensors "
+            "(or pytorch_model.bin) and the tokenizer files (tokenizer.json or spm.model, tokenizer_config.json); "
+            f"or pre-fill the Hugging Face cache on a machine with network (`huggingface-cli download {hub_id}`, "
+            "`hf download` in newer versions) and copy it here or point HF_HOME at it; or let this worker reach "
+            "huggingface.co (HF_HUB_OFFLINE unset).")
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a hub look-up raises when the model cannot be had: huggingface_hub's errors (OSError subclasses:
+    LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ...), a bad repo id, and the HTTP client's
+    own connection errors (httpx in huggingface_hub >= 1, requests before)."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from huggingface_hub.errors import HFValidationError
+
+        errors.append(HFValidationError)
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        pass
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        err = getattr(mod, "HTTPError", None) if module != "requests" else getattr(mod, "RequestException", None)
+        if isinstance(err, type) and issubclass(err, BaseException):
+            errors.append(err)
+    return tuple(errors)
+
+
+def _hub_reason(err: BaseException) -> str:
+    """Why the hub look-up failed, in one line."""
+    from huggingface_hub import constants
+
+    cache = constants.HF_HUB_CACHE
+    name = type(err).__name__
+    if name == "GatedRepoError":
+        return "the Hugging Face hub refused access (a gated repository: accept its license and set HF_TOKEN)"
+    if name == "RepositoryNotFoundError":
+        return "the Hugging Face hub has no such repository (or it needs a token: set HF_TOKEN)"
+    if name == "HFValidationError":
+        return "it is not a valid Hugging Face model id"
+    if constants.HF_HUB_OFFLINE or name == "OfflineModeIsEnabled":
+        return f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set"
+    cause = err.__cause__ or err.__context__
+    detail = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else name
+    return f"it is not in the Hugging Face cache ({cache}) and the hub could not be reached ({detail.strip()})"
+
+
+def resolve_checkpoint(checkpoint: str | Path, *, timeout: float | None = None,
+                       revision: str | None = None) -> Path:
+    """The local directory for ``checkpoint``: the directory itself, or for a Hugging Face model id
+    (``org/name``) its snapshot in the Hugging Face cache, downloaded first when the cache lacks it (only the
+    files in :data:`HUB_ALLOW_PATTERNS`). With ``HF_HUB_OFFLINE=1`` only the cache is used. ``timeout`` bounds
+    each hub request (huggingface_hub's ``etag_timeout``); the download itself is bounded by the caller.
+    Raises :class:`ModelUnavailable`."""
+    name = str(checkpoint)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if not _HUB_ID.fullmatch(name):
+        raise ModelUnavailable(name, f"{path} is not a directory")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - it comes with transformers
+        raise ModelUnavailable(name, "huggingface_hub is not installed, so a hub id cannot be resolved") from e
+    etag_timeout = 10.0 if timeout is None else max(1.0, min(10.0, timeout))
+    try:
+        folder = snapshot_download(name, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS,
+                                   etag_timeout=etag_timeout)
+    except _hub_errors() as e:
+        raise ModelUnavailable(name, _hub_reason(e)) from e
+    return Path(str(folder))
+
+
+def missing_files(root: Path) -> list[str]:
+    """The checkpoint files ``root`` lacks (empty when it looks loadable)."""
+    from .model import WEIGHT_FILES
+
+    wanted = [("config.json",), WEIGHT_FILES, TOKENIZER_FILES]
+    return [" or ".join(names) for names in wanted if not any((root / n).is_file() for n in names)]
 
 
 def default_device() -> torch.device:
@@ -101,6 +198,27 @@ class ClassifierEngine:
 
             kwargs["model_name"] = str(read_config(root).get("model_name") or DEFAULT_MODEL_NAME)
         return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, *, timeout: float | None = None,
+                        **kwargs: Any) -> ClassifierEngine:
+        """Load from a local checkpoint directory or a Hugging Face model id such as
+        ``nvidia/prompt-task-and-complexity-classifier`` (Hugging Face cache first, then the hub; see
+        :func:`resolve_checkpoint`). Raises :class:`ModelUnavailable` when the files cannot be had."""
+        name = str(checkpoint)
+        root = resolve_checkpoint(name, timeout=timeout)
+        missing = missing_files(root)
+        if missing:
+            raise ModelUnavailable(name, f"{root} lacks {', '.join(missing)}")
+        if "model_name" not in kwargs and _HUB_ID.fullmatch(name) and not Path(name).expanduser().is_dir():
+            from .model import read_config
+
+            kwargs["model_name"] = str(read_config(root).get("model_name") or name)
+        try:
+            return cls.from_pretrained_dir(root, **kwargs)
+        except OSError as e:  # a file that is there but unreadable, or a tokenizer transformers cannot load
+            raise ModelUnavailable(name, f"{root} could not be loaded ({type(e).__name__}: "
+                                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
     # ------------------------------------------------------------------ inference
     def tokenize(self, prompts: list[str], max_length: int = 512) -> list[list[int]]:
