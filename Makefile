@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEVSTAMP:= $(VENV)/.installed-dev
 
-.PHONY: up test install install-dev bench clean
+.PHONY: up test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ install-dev: $(DEVSTAMP)
 up: $(STAMP)
 	$(BIN)/gatehouse up
 
-test: $(DEVSTAMP)
+lint: $(DEVSTAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(DEVSTAMP)

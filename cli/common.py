@@ -23,7 +23,7 @@ def load(config: str | None, **overrides: Any) -> Config:
     try:
         return load_config(config, overrides)
     except ConfigError as e:
-        err_console.print(f"[bold red]config error:[/bold red] {e}", highlight=False)
+        err_console.print(f"[bold red]config error:[/bold red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -36,6 +36,6 @@ def api_key(cfg: Config, explicit: str | None, what: str = "API key") -> str:
     key = explicit or read_master_key(cfg.settings.data_dir, cfg.master_key())
     if not key:
         err_console.print(f"[red]no {what}: pass it as an option or run where `gatehouse up` keeps "
-                          ".gatehouse/[/red]")
+                          ".gatehouse/[/red]", soft_wrap=True)
         raise typer.Exit(2)
     return key

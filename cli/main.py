@@ -109,11 +109,12 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")]
     cfg = load(config)
     client = openai.OpenAI(base_url=base_url(cfg, url) + "/v1", api_key=api_key(cfg, key, "API key (--api-key)"),
                            max_retries=1)
-    extra = {k: v for k, v in {"temperature": temperature, "seed": seed}.items() if v is not None}
-    try:
+    try:  # an unset option is omitted from the request, not sent as null
         stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                                 max_tokens=max_tokens, stream=True,
-                                                stream_options={"include_usage": True}, **extra)
+                                                stream_options={"include_usage": True},
+                                                temperature=openai.omit if temperature is None else temperature,
+                                                seed=openai.omit if seed is None else seed)
         usage = None
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:

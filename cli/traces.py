@@ -93,7 +93,7 @@ def send_test_request(gateway_url: str, api_key: str, model: str, session_id: st
                 raise VerifyError(f"the gateway answered {r.status_code}: {_error_message(r)}", 1)
             for _ in r.iter_lines():
                 pass
-            request_id = r.headers.get("x-request-id")
+            request_id: str | None = r.headers.get("x-request-id")
     except (httpx.ConnectError, httpx.ConnectTimeout):
         raise VerifyError(f"cannot reach the gateway at {gateway_url}; is `gatehouse up` running?", 2) from None
     except httpx.HTTPError as e:

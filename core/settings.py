@@ -106,20 +106,22 @@ Masking = Literal["off", "hash", "drop"]
 
 
 class TracingSettings(EnvFirstSettings):
-    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+    """From the file by field name; from the environment only by Langfuse's own variable names (and
+    ``GATEHOUSE_TRACING_<FIELD>``), never by a bare field name such as ``SECRET_KEY`` or ``ENVIRONMENT``."""
 
-    public_key: str | None = Field(default=None, validation_alias=AliasChoices("LANGFUSE_PUBLIC_KEY", "public_key"))
-    secret_key: SecretStr | None = Field(default=None,
-                                         validation_alias=AliasChoices("LANGFUSE_SECRET_KEY", "secret_key"))
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True,
+                                      env_prefix="GATEHOUSE_TRACING_")
+
+    public_key: str | None = Field(default=None, validation_alias="LANGFUSE_PUBLIC_KEY")
+    secret_key: SecretStr | None = Field(default=None, validation_alias="LANGFUSE_SECRET_KEY")
     base_url: str = Field(default="https://cloud.langfuse.com", pattern=r"^https?://[^/?#\s]+",
-                          validation_alias=AliasChoices("LANGFUSE_BASE_URL", "LANGFUSE_HOST", "base_url"))
+                          validation_alias=AliasChoices("LANGFUSE_BASE_URL", "LANGFUSE_HOST"))
     environment: str | None = Field(default=None, pattern=r"^[a-z0-9_\-]{1,40}$",
-                                    validation_alias=AliasChoices("LANGFUSE_TRACING_ENVIRONMENT", "environment"))
-    release: str | None = Field(default=None, validation_alias=AliasChoices("LANGFUSE_RELEASE", "release"))
+                                    validation_alias="LANGFUSE_TRACING_ENVIRONMENT")
+    release: str | None = Field(default=None, validation_alias="LANGFUSE_RELEASE")
     # input/output of generations: sent as is (off), as "sha256:<hex>" (hash), or not at all (drop)
-    masking: Masking = Field(default="off", validation_alias=AliasChoices("GATEHOUSE_TRACE_MASKING", "masking"))
-    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0,
-                               validation_alias=AliasChoices("LANGFUSE_SAMPLE_RATE", "sample_rate"))
+    masking: Masking = Field(default="off", validation_alias="GATEHOUSE_TRACE_MASKING")
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0, validation_alias="LANGFUSE_SAMPLE_RATE")
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
     flush_at: int = Field(default=64, ge=1, le=10_000)  # spans per export batch: small batches keep the GIL free
     max_queue_spans: int = Field(default=8192, ge=16)  # spans waiting for export; past it new traces are dropped

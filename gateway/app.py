@@ -84,7 +84,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # runs outside RequestContextMiddleware (in Starlette's ServerErrorMiddleware): add the id here
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return render(GatewayError("The gateway had an internal error handling this request."),
                       request_id(request.scope))
 

@@ -138,7 +138,7 @@ def from_validation_error(err: ValidationError) -> InvalidRequest:
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    code = "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value"
     return InvalidRequest(f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param, code=code)
 
 

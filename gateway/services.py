@@ -10,9 +10,10 @@ import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
-from core.config import Config, ModelEntry, TeamLimits
+from core.config import Config, ModelEntry
 from core.durations import duration_seconds
 from core.pricing import FREE, Price, price_list
+from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
 from gateway.db.migrate import migrate
@@ -82,7 +83,8 @@ class Services:
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    svc: Services = request.app.state.services  # set by the app's lifespan
+    return svc
 
 
 def redis_client(url: str, max_connections: int = 4096) -> Redis:

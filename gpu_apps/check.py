@@ -15,7 +15,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpu_apps.modal_apps.common import AppSettings
 
 APPS_DIR = Path(__file__).parent / "modal_apps"
 REMOVED = {"keep_warm", "container_idle_timeout", "concurrency_limit", "allow_concurrent_inputs", "Stub",
@@ -39,7 +42,6 @@ def check_module(name: str) -> list[str]:
     import modal
 
     from gpu_apps.modal_apps.common import AppSettings
-    from gpu_apps.registry import parse_gpu
 
     mod = importlib.reload(importlib.import_module(name)) if name in sys.modules else importlib.import_module(name)
     problems = []
@@ -54,6 +56,14 @@ def check_module(name: str) -> list[str]:
     for fn in functions or ():
         if fn not in registered:
             problems.append(f"{name}: declares {fn} but registers {sorted(registered)}")
+    return problems + settings_problems(name, settings) + deployed_problems(name, settings, registered)
+
+
+def settings_problems(name: str, settings: AppSettings) -> list[str]:
+    """Problems with an app's ``SETTINGS`` on their own: its GPU string and scaling bounds."""
+    from gpu_apps.registry import parse_gpu
+
+    problems = []
     if settings.gpu is not None:
         try:
             parse_gpu(settings.gpu)
@@ -63,6 +73,12 @@ def check_module(name: str) -> list[str]:
         problems.append(f"{name}: min_containers > max_containers")
     if settings.scaledown_window < 2:
         problems.append(f"{name}: scaledown_window below Modal's minimum (2 s)")
+    return problems
+
+
+def deployed_problems(name: str, settings: AppSettings, registered: dict[str, Any]) -> list[str]:
+    """Where what Modal will deploy for the registered functions and classes differs from ``SETTINGS``."""
+    problems = []
     for obj in registered.values():
         spec = getattr(obj, "_spec_", None)  # what Modal will deploy (a private record: best effort)
         if spec is None:

@@ -42,7 +42,7 @@ class TraceContext:
         """Tolerant: fields it does not know (a newer gateway's) are ignored; an unusable context is None, so
         a job is never lost over its trace."""
         try:
-            return cls(**{k: v for k, v in d.items() if k in cls.__slots__})  # type: ignore[attr-defined]
+            return cls(**{k: v for k, v in d.items() if k in cls.__slots__})
         except (TypeError, AttributeError):
             return None
 

@@ -6,6 +6,7 @@ refusal) and the generation pipeline's after-response accounting — so handlers
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from observability import metrics
@@ -14,7 +15,7 @@ from observability.calls import OPERATION_NAMES
 OTHER_ROUTE = "other"
 
 
-def route_of(scope: dict[str, Any]) -> str:
+def route_of(scope: Mapping[str, Any]) -> str:
     """The matched route's path template (bounded: the app's route table), else "other" (404s, probes of
     random paths) so a scanner cannot mint label values."""
     route = scope.get("route")

@@ -6,6 +6,7 @@ on) a Langfuse trace. Nothing here does I/O on the job's path; the tracer export
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from observability import calls, metrics
@@ -19,7 +20,7 @@ SAMPLING_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens"
 
 class JobObserver:
     def __init__(self, *, worker_id: str, lane: str, backend_kinds: dict[str, str],
-                 prices: dict[str, tuple[float, float]], tracer: Any = None):
+                 prices: Mapping[str, tuple[float, float]], tracer: Any = None):
         self.worker_id = worker_id
         self.lane = lane
         self.backend_kinds = backend_kinds  # model name -> backend kind (openai, local, litellm, ...)

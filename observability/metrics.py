@@ -35,6 +35,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -150,7 +151,7 @@ def render(extra: Iterable[Collector] = ()) -> bytes:
     directory) plus ``extra`` collectors such as the Redis queue state."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess_dir():
-        multiprocess.MultiProcessCollector(registry)
+        _collect_all_processes(registry)
     else:
         registry.register(_Forward(REGISTRY))
     for collector in extra:
@@ -163,7 +164,7 @@ def serve(port: int, host: str = "0.0.0.0") -> None:
     registry = REGISTRY
     if multiprocess_dir():
         registry = CollectorRegistry(auto_describe=False)
-        multiprocess.MultiProcessCollector(registry)
+        _collect_all_processes(registry)
     start_http_server(port, addr=host, registry=registry)
 
 
@@ -171,7 +172,14 @@ def mark_process_dead(pid: int, directory: str | None = None) -> None:
     """Drop a finished process's live gauges (its counters and histograms stay: they are totals)."""
     directory = directory or multiprocess_dir()
     if directory:
-        multiprocess.mark_process_dead(pid, directory)
+        # prometheus_client's multiprocess module has no annotations
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _collect_all_processes(registry: CollectorRegistry) -> None:
+    """Registers every process's values (the shared multiprocess directory) in ``registry``."""
+    # prometheus_client's multiprocess module has no annotations
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
 
 
 class _Forward(Collector):
@@ -180,5 +188,5 @@ class _Forward(Collector):
     def __init__(self, source: CollectorRegistry):
         self.source = source
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterable[Metric]:
         return self.source.collect()

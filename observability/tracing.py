@@ -100,6 +100,7 @@ class Tracer:
 
         assert settings.public_key and settings.secret_key, "tracing needs both Langfuse keys"
         self.settings = settings
+        self._public_key = settings.public_key
         self._lock = threading.Lock()
         self._pending = 0  # spans handed to the processor and not yet exported (or lost)
         self._abandoned = False  # shutdown gave up waiting: what is still pending was counted as lost
@@ -215,7 +216,7 @@ class Tracer:
                 TRACING_DROPPED.labels("export_failed").inc(lost)
             log.warning("tracing: Langfuse did not take the last traces within %.1f s; %d spans dropped",
                         self.settings.shutdown_timeout_s, lost)
-        _forget_langfuse_client(self.settings.public_key, getattr(self.client, "_resources", None))
+        _forget_langfuse_client(self._public_key, getattr(self.client, "_resources", None))
 
     def _warn(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         """Log a warning at most once a minute per kind (a down Langfuse must not flood the logs)."""

@@ -19,11 +19,10 @@ import openai
 import pytest
 import yaml
 
+from bench.fake_langfuse import LangfuseThread
+from bench.fake_upstream import UpstreamThread
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-from bench.fake_langfuse import LangfuseThread  # noqa: E402
-from bench.fake_upstream import UpstreamThread  # noqa: E402
 
 # the JWT tests' keys, local JWKS server and verifier factory; the tracing tests' fake Langfuse and tracers
 pytest_plugins = ["jwt_support", "tracing_support"]
@@ -139,8 +138,9 @@ def model_list(upstream_base: str) -> list[dict]:
         {"model_name": "qgpt", "litellm_params": {"model": "local/chargpt", "quantum": True,
                                                   "qrng_api_key": "qrng-test-key",
                                                   "qrng_base_url": upstream_base.removesuffix("/v1")}},
-        entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"), entry("status-503", max_retries=1),
-        entry("flaky-503"), entry("status-429", max_retries=0), entry("cold-1.5", cold_start_retry=True, max_retries=0),
+        entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"),
+        entry("status-503", max_retries=1), entry("flaky-503"), entry("status-429", max_retries=0),
+        entry("cold-1.5", cold_start_retry=True, max_retries=0),
         entry("cold-1", cold_start_retry=True, max_retries=0), entry("cold-0.8", cold_start_retry=True, max_retries=0),
         entry("status-502", cold_start_retry=True),
         {"model_name": "priced", "litellm_params": {"model": "openai/fake", "api_base": upstream_base,
@@ -174,7 +174,8 @@ class Stack:
         return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=self.master_key, max_retries=0, **kw)
 
 
-def start_processes(config_path: Path, env: dict[str, str], logs: Path, workers: int = 1) -> list[subprocess.Popen[bytes]]:
+def start_processes(config_path: Path, env: dict[str, str], logs: Path,
+                    workers: int = 1) -> list[subprocess.Popen[bytes]]:
     """Gateway + workers; their output goes to ``logs/<name>.log`` (tests read it)."""
     exe = [sys.executable, "-m", "cli"]
     logs.mkdir(parents=True, exist_ok=True)
@@ -268,8 +269,8 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
     metrics_dir.mkdir()
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "GATEHOUSE_MASTER_KEY": MASTER_KEY,
            "GATEHOUSE_LOG_LEVEL": "info", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    for name in ("GATEHOUSE_CONFIG", "GATEHOUSE_PORT", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL",
-                 "LANGFUSE_HOST", "LANGFUSE_SAMPLE_RATE", "GATEHOUSE_TRACE_MASKING"):
+    for name in ("GATEHOUSE_CONFIG", "GATEHOUSE_PORT", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY",
+                 "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_SAMPLE_RATE", "GATEHOUSE_TRACE_MASKING"):
         env.pop(name, None)  # the environment would beat the file
     procs = start_processes(path, env, tmp_root / "logs")
     base = f"http://127.0.0.1:{port}"

@@ -7,8 +7,8 @@ import openai
 
 
 def test_chat_is_deterministic_for_a_seed(client: openai.OpenAI) -> None:
-    kw = dict(model="chargpt", messages=[{"role": "user", "content": "Return the"}], max_tokens=40, seed=11,
-              temperature=0.8)
+    kw = {"model": "chargpt", "messages": [{"role": "user", "content": "Return the"}], "max_tokens": 40, "seed": 11,
+          "temperature": 0.8}
     a = client.chat.completions.create(**kw)
     b = client.chat.completions.create(**kw)
     c = client.chat.completions.create(**{**kw, "seed": 12})
@@ -20,7 +20,7 @@ def test_chat_is_deterministic_for_a_seed(client: openai.OpenAI) -> None:
 
 
 def test_stream_matches_non_stream(client: openai.OpenAI) -> None:
-    kw = dict(model="chargpt", messages=[{"role": "user", "content": "The "}], max_tokens=30, seed=3)
+    kw = {"model": "chargpt", "messages": [{"role": "user", "content": "The "}], "max_tokens": 30, "seed": 3}
     whole = client.chat.completions.create(**kw).choices[0].message.content
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"

@@ -24,7 +24,7 @@ def test_chat_with_a_quantum_profile(client: openai.OpenAI, stack) -> None:  # t
 
 
 def test_strict_is_the_plain_model(client: openai.OpenAI) -> None:
-    kw = dict(messages=MSG, max_tokens=40, seed=5, temperature=0.8)
+    kw = {"messages": MSG, "max_tokens": 40, "seed": 5, "temperature": 0.8}
     strict = client.chat.completions.create(model="qgpt", extra_body={"quantum_profile": "strict"}, **kw)
     plain = client.chat.completions.create(model="chargpt", **kw)
     assert strict.choices[0].message.content == plain.choices[0].message.content

@@ -101,13 +101,13 @@ async def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: igno
 
 
 async def test_client_disconnect_cancels_the_job(stack) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(timeout=10) as c:
-        async with c.stream("POST", stack.base_url + "/v1/chat/completions", headers=_auth(stack),
-                            json={"model": "slow", "delay": 0.3, "stream": True,
-                                  "messages": [{"role": "user", "content": "x"}]}) as r:
-            rid = r.headers["x-request-id"]
-            async for _ in r.aiter_bytes():
-                break  # first bytes arrive, then the client goes away
+    async with httpx.AsyncClient(timeout=10) as c, \
+            c.stream("POST", stack.base_url + "/v1/chat/completions", headers=_auth(stack),
+                     json={"model": "slow", "delay": 0.3, "stream": True,
+                           "messages": [{"role": "user", "content": "x"}]}) as r:
+        rid = r.headers["x-request-id"]
+        async for _ in r.aiter_bytes():
+            break  # first bytes arrive, then the client goes away
     redis = Redis.from_url(stack.redis_url)
     # the worker notices the cancellation and ends the output stream with a "cancelled" error well before
     # the 8 slow chunks (8 × 0.3 s) would have finished

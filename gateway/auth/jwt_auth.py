@@ -75,8 +75,9 @@ def _signing_key(jwk: Any) -> jwt.PyJWK | None:
     alg = "RS256" if kty == "RSA" else "ES256" if kty == "EC" and jwk.get("crv") == "P-256" else None
     if alg is None or jwk.get("alg", alg) != alg or (ops is not None and "verify" not in ops):
         return None
+    members = _PUBLIC_MEMBERS[KTY_FOR_ALG[alg]]  # alg was chosen by kty: these are kty's public members
     try:  # load the public members only, whatever else the IdP publishes
-        return jwt.PyJWK({k: jwk[k] for k in _PUBLIC_MEMBERS[kty] if k in jwk}, algorithm=alg)
+        return jwt.PyJWK({k: jwk[k] for k in members if k in jwk}, algorithm=alg)
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
 
@@ -192,16 +193,18 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise _fail("token is malformed") from None
         alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise _fail("unsupported token algorithm")
         return self._identity(self._decode(token, await self._key(alg, header.get("kid")), alg))
 
     async def aclose(self) -> None:
         if self._owned is not None:
             await self._owned.aclose()
 
-    async def _key(self, alg: Any, kid: str | None) -> bytes | jwt.PyJWK:
+    async def _key(self, alg: str, kid: str | None) -> bytes | jwt.PyJWK:
         if alg == "HS256" and self._secret is not None:
             return self._secret
-        if isinstance(alg, str) and alg in KTY_FOR_ALG and self._jwks is not None:
+        if alg in KTY_FOR_ALG and self._jwks is not None:
             return await self._jwks.key_for(kid, alg)
         raise _fail("unsupported token algorithm")
 

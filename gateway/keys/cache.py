@@ -114,4 +114,4 @@ class KeyCache:
                 self._local.clear()
                 await asyncio.sleep(0.5)
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py 5 leaves PubSub.aclose unannotated

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -14,7 +16,6 @@ from core import schemas as p
 from gateway.services import Services, services
 
 router = APIRouter()
-
 
 
 async def _redis_ok(svc: Services) -> bool:
@@ -30,18 +31,28 @@ async def _db_ok(svc: Services) -> bool:
     try:
         db = await asyncio.wait_for(svc.database(), 5)
         return db is not None and await asyncio.wait_for(db.fetchval("SELECT 1"), 2) == 1
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
 
 
 async def fresh_workers(svc: Services) -> int:
     try:
         return int(await svc.redis.zcount(q.WORKERS_KEY, time.time() - q.HEARTBEAT_FRESH_S, "+inf"))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - Redis unreachable: no worker can be seen
         return 0
 
 
-def _json(obj: dict, status: int = 200) -> Response:
+async def _scaling(svc: Services) -> dict[str, Any]:
+    """Per worker: hybrid scaling of Modal apps (seed 004); empty when it cannot be read."""
+    try:
+        # redis-py types its sync and asyncio clients alike; the asyncio client's hgetall is awaitable
+        raw = await cast("Awaitable[dict[bytes, bytes]]", svc.redis.hgetall(q.SCALING_KEY))
+        return {k.decode(): q.loads(v) for k, v in raw.items()}
+    except Exception:  # noqa: BLE001 - the summary is best effort
+        return {}
+
+
+def _json(obj: dict[str, Any], status: int = 200) -> Response:
     return Response(p.dumps_json(obj), status_code=status, media_type="application/json")
 
 
@@ -66,12 +77,7 @@ async def summary(request: Request) -> Response:
     redis_ok, db_ok = await asyncio.gather(_redis_ok(svc), _db_ok(svc))
     depth = await svc.queue.depth() if redis_ok else None
     workers = await fresh_workers(svc) if redis_ok else 0
-    scaling = {}
-    if redis_ok:
-        try:
-            scaling = {k.decode(): q.loads(v) for k, v in (await svc.redis.hgetall(q.SCALING_KEY)).items()}
-        except Exception:  # noqa: BLE001 - the summary is best effort
-            scaling = {}
+    scaling = await _scaling(svc) if redis_ok else {}
     return _json({
         "status": "healthy" if redis_ok and db_ok and workers else "degraded",
         "version": __version__,

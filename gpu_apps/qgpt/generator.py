@@ -188,7 +188,7 @@ class QuantumGenerator:
         def work() -> None:
             try:
                 holder["response"] = self._run(req, extra)
-            except Exception as e:  # surfaced to the consumer by TokenStream
+            except Exception as e:  # noqa: BLE001 - not swallowed: TokenStream re-raises it to the consumer
                 holder["error"] = e
                 streamer.end()
 

@@ -158,7 +158,7 @@ def test_batched_equals_unbatched_and_keeps_input_order(engine: ClassifierEngine
         assert torch.allclose(batched[k], alone, atol=1e-5, rtol=1e-4), DEFAULT_SPEC.heads[k].name
     results = engine.classify(PROMPTS, batch_size=4)
     reversed_results = engine.classify(PROMPTS[::-1], batch_size=3)[::-1]
-    for got, rev, single in zip(results, reversed_results, (engine.classify([p])[0] for p in PROMPTS)):
+    for got, rev, single in zip(results, reversed_results, (engine.classify([p])[0] for p in PROMPTS), strict=True):
         for key in OUTPUT_KEYS:
             for other in (rev, single):
                 if isinstance(got[key], str):
@@ -171,7 +171,7 @@ def test_batched_equals_unbatched_and_keeps_input_order(engine: ClassifierEngine
 def test_padding_does_not_change_scores(engine: ClassifierEngine, ckpt: Path) -> None:
     wide = ClassifierEngine.from_pretrained_dir(ckpt, device="cpu", pad_to_multiple_of=128)
     tight = ClassifierEngine.from_pretrained_dir(ckpt, device="cpu", pad_to_multiple_of=None)
-    for a, b in zip(wide.logits(PROMPTS, batch_size=len(PROMPTS)), tight.logits(PROMPTS, batch_size=1)):
+    for a, b in zip(wide.logits(PROMPTS, batch_size=len(PROMPTS)), tight.logits(PROMPTS, batch_size=1), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 

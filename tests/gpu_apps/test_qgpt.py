@@ -135,7 +135,7 @@ def test_chaos_moves_each_step_but_not_the_marginal() -> None:
 def test_no_low_id_bias_and_the_test_has_power() -> None:
     vocab, draws = 64, 20_000
     uniform = np.full(vocab, 1 / vocab)
-    _, out, emitted = _chaos_run(torch.zeros(vocab), draws, seed=5)
+    _, _, emitted = _chaos_run(torch.zeros(vocab), draws, seed=5)
     assert chi_square_ok(np.bincount(emitted.numpy(), minlength=vocab), uniform)[0]
     assert abs(float(emitted.float().mean()) - (vocab - 1) / 2) < 0.5
     # A naive design that maps u straight to an id (floor(u * V)) ignores p: the same test rejects it.
@@ -149,7 +149,7 @@ def test_no_low_id_bias_and_the_test_has_power() -> None:
 def test_each_profile_gives_its_influence(profile: str) -> None:
     alpha = get_profile(profile).influence
     logits = fixed_logits(seed=2)
-    proc, out, _ = _chaos_run(logits, 500, seed=9, profile=profile)
+    _, out, _ = _chaos_run(logits, 500, seed=9, profile=profile)
     q = (out - logits).argmax(1)
     got = torch.softmax(out, -1).gather(1, q[:, None]).squeeze(1)
     assert torch.allclose(got, (1 - alpha) * torch.softmax(logits, 0)[q] + alpha, atol=1e-5)

@@ -1,5 +1,6 @@
 """JWT auth (gateway.auth.jwt_auth): a table of valid tokens and attacks (HS256 with a shared secret, RS256/ES256
-against a real local JWKS server), claim mapping and settings validation. JWKS cache behaviour: test_jwks.py."""
+against a real local JWKS server), claim mapping and settings validation.
+JWKS cache behaviour: test_jwt_auth_jwks.py."""
 
 from __future__ import annotations
 

@@ -73,8 +73,8 @@ def test_defaults_serve_chargpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GATEHOUSE_CONFIG", raising=False)
     cfg = load_config()
-    assert list(cfg.models()) == ["chargpt", "qgpt"]
-    assert all(e.backend == "local" for e in cfg.models().values())
+    assert list(cfg.models()) == ["chargpt", "qgpt", "prompt-classifier"]
+    assert [e.backend for e in cfg.models().values()] == ["local", "local", "classifier"]
     assert cfg.models()["qgpt"].litellm_params.extra_params() == {"quantum": True}
 
 
@@ -86,7 +86,8 @@ def test_defaults_serve_chargpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ("model_list: []\n", "model_list: must name at least one model"),
     ("- just\n- a list\n", "the top level must be a mapping"),
     ("key: [unclosed\n", "not valid YAML"),
-    ("gatehouse:\n  tracing:\n    masking: blur\n", "gatehouse.tracing.masking: Input should be 'off', 'hash' or 'drop'"),
+    ("gatehouse:\n  tracing:\n    masking: blur\n",
+     "gatehouse.tracing.masking: Input should be 'off', 'hash' or 'drop'"),
     ("gatehouse:\n  metrics:\n    worker_port: 0\n", "gatehouse.metrics.worker_port: Input should be greater than"),
 ])
 def test_invalid_config_messages(tmp_path: Path, text: str, message: str) -> None:
@@ -106,7 +107,7 @@ def test_cli_exits_2_with_one_clear_line(tmp_path: Path) -> None:
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GATEHOUSE_PORT", raising=False)
-    cfg = load_config(Path(__file__).resolve().parents[1] / "gatehouse.example.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[3] / "gatehouse.example.yaml")
     assert "chargpt" in cfg.models() and cfg.settings.port == 8000
 
 

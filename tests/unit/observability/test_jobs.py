@@ -1,5 +1,6 @@
-"""The pieces behind the metrics, without a stack: error labels stay bounded, the job observer's record and
-metrics, the entropy pool's gauges, the queue-state collector."""
+"""observability.jobs.JobObserver, without a stack: the record it fills and the metrics it counts, the entropy
+pool's gauges, trace contexts from another version. (Error labels: test_calls.py; the queue-state collector:
+test_queue_state.py; rendering: test_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -10,32 +11,12 @@ from prometheus_client import REGISTRY
 
 from core.queue import JobSpec
 from gpu_apps.qgpt.entropy import EntropyPool, QrngClient
-from observability import metrics
-from observability.calls import CallRecord, TraceContext
+from observability.calls import TraceContext
 from observability.jobs import JobObserver
-from observability.queue_state import QueueState, QueueStateCollector
 
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def record(**kw: object) -> CallRecord:
-    now = time.time()
-    return CallRecord(request_id="r", kind="chat", model="m", backend="openai", lane="interactive", worker_id="w",
-                      enqueued_at=now, started_at=now, **kw)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("status, error, label", [
-    ("ok", None, ""),
-    ("timeout", {"status": 504, "code": "timeout"}, "timeout"),
-    ("error", {"status": 502, "code": "upstream_unreachable"}, "upstream_unreachable"),
-    ("error", {"status": 400, "code": "some-upstream-specific-code-8f3a"}, "400"),  # free text -> its status
-    ("error", {"status": 503, "code": None, "type": "overloaded"}, "503"),
-    ("cancelled", None, "cancelled"),
-])
-def test_error_type_label_is_bounded(status: str, error: dict | None, label: str) -> None:
-    assert record(status=status, error=error).error_type == label
 
 
 def job(trace: bool = False, stream: bool = False) -> JobSpec:
@@ -89,21 +70,6 @@ async def test_pool_gauges_say_when_os_entropy_stands_in_for_the_qrng() -> None:
     obs.sample_pool(qrng)  # nothing new taken from the OS
     assert sample("gatehouse_qrng_fallback_active") == 0
     assert sample("gatehouse_qrng_pool_bytes") == qrng.stats()["level_bytes"]
-
-
-def test_queue_state_gauges() -> None:
-    state = QueueState(queued={"interactive": 7}, running={"interactive": 3}, workers_live=2, heartbeat_age_s=1.5)
-    fams = {f.name: f for f in QueueStateCollector(state).collect()}
-    assert fams["gatehouse_queue_depth"].samples[0].value == 4  # waiting = queued - running
-    assert fams["gatehouse_inflight_jobs"].samples[0].value == 3
-    assert fams["gatehouse_workers_live"].samples[0].value == 2
-    down = {f.name: f for f in QueueStateCollector(QueueState(up=False)).collect()}
-    assert list(down) == ["gatehouse_queue_up"] and down["gatehouse_queue_up"].samples[0].value == 0
-
-
-def test_render_includes_extra_collectors() -> None:
-    text = metrics.render([QueueStateCollector(QueueState(queued={"interactive": 1}))]).decode()
-    assert 'gatehouse_queue_depth{lane="interactive"} 1.0' in text and "gen_ai_client_operation_duration" in text
 
 
 def test_trace_context_from_another_version_never_loses_the_job() -> None:

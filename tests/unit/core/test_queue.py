@@ -1,0 +1,306 @@
+"""core.queue, the gateway↔worker contract: the job payload and its arq envelope, the output events, and the
+enqueue and claim scripts run against a real Valkey (the session's ``redis_url``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import arq.jobs
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from core import queue as q
+from core.queue import DEFAULT_PARAMS, JobSpec, SamplingParams
+
+# ── payload ───────────────────────────────────────────────────────────────────────────────────────────
+
+
+def spec(**over: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "id": "req-1", "kind": "chat", "model": "gpt-test",
+        "body": {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "top_k": 40},
+        "stream": True, "deadline": 1_700_000_030.5,
+        "params": SamplingParams(max_tokens=64, temperature=0.2, top_p=0.9, seed=7, stop=("###", "\n\n"), n=2,
+                                 quantum_profile="high"),
+        "enqueued_at": 1_700_000_000.25, "trace": {"route": "POST /v1/chat/completions", "received_at": 1.0},
+    }
+    return JobSpec(**{**fields, **over})
+
+
+def test_job_round_trips_through_its_wire_form() -> None:
+    original = spec()
+    wire = orjson.loads(q.dumps(original.to_dict()))  # what actually travels: JSON (the stop tuple is a list)
+    assert wire["params"]["stop"] == ["###", "\n\n"]
+    back = JobSpec.from_dict(wire)
+    assert back == original
+    assert back.params.stop == ("###", "\n\n") and isinstance(back.params.stop, tuple)
+
+
+def test_to_dict_keeps_the_body_object() -> None:
+    s = spec()
+    assert s.to_dict()["body"] is s.body  # not deep-copied: it is on the hot path
+
+
+def test_sampling_params_round_trip_and_defaults() -> None:
+    p = SamplingParams(max_tokens=5, stop=("x",), quantum_profile="low")
+    assert SamplingParams.from_dict(orjson.loads(q.dumps(p.to_dict()))) == p
+    assert SamplingParams.from_dict(None) is DEFAULT_PARAMS and SamplingParams.from_dict({}) is DEFAULT_PARAMS
+    assert SamplingParams(None, None, None, None, (), 1, None) == DEFAULT_PARAMS
+    assert SamplingParams.from_dict({"stop": None, "n": 3}) == SamplingParams(stop=(), n=3)
+
+
+def test_from_dict_tolerates_a_gateway_without_params() -> None:
+    """An older gateway sends no ``params``: the job runs with the backend's defaults."""
+    wire = spec().to_dict()
+    del wire["params"]
+    back = JobSpec.from_dict(wire)
+    assert back.params is DEFAULT_PARAMS
+    assert (back.id, back.kind, back.model, back.body, back.stream) == ("req-1", "chat", "gpt-test",
+                                                                         spec().body, True)
+
+
+def test_from_dict_ignores_unknown_fields_of_a_newer_gateway() -> None:
+    wire = spec().to_dict()
+    wire["priority"] = "high"
+    wire["params"] = {**wire["params"], "min_p": 0.05, "logit_bias": {"50256": -100}}
+    back = JobSpec.from_dict(wire)
+    assert back == spec()
+
+
+def test_from_dict_coerces_and_defaults() -> None:
+    wire = {"id": "r", "kind": "completion", "model": "m", "body": {}, "stream": 0, "deadline": "12.5"}
+    before = time.time()
+    back = JobSpec.from_dict(wire)
+    assert back.stream is False and back.deadline == 12.5 and back.trace is None
+    assert before <= back.enqueued_at <= time.time()  # missing: now
+    assert back.remaining() < 0  # a deadline in 1970 has passed
+
+
+def test_remaining_counts_down_to_the_deadline() -> None:
+    s = spec(deadline=time.time() + 30)
+    assert 29 < s.remaining() <= 30
+
+
+def test_serialize_job_is_arqs_job_dict() -> None:
+    s, et = spec(), 1_700_000_000_123
+    data = q.serialize_job(s, et)
+    function, args, kwargs, job_try, enqueue_time = arq.jobs.deserialize_job_raw(data, deserializer=q.loads)
+    assert (function, kwargs, job_try, enqueue_time) == (q.JOB_FUNCTION, {}, 1, et)
+    assert len(args) == 1 and JobSpec.from_dict(args[0]) == s
+    # byte for byte what arq's own serialize_job writes with the same serializer
+    assert data == arq.jobs.serialize_job(q.JOB_FUNCTION, (s.to_dict(),), {}, 1, et, serializer=q.dumps)
+    job = arq.jobs.deserialize_job(data, deserializer=q.loads)
+    assert job.function == "run_request" and job.job_try == 1
+    assert job.enqueue_time.timestamp() == pytest.approx(et / 1000, abs=1e-3)
+
+
+def test_dumps_falls_back_to_str() -> None:
+    assert q.loads(q.dumps({"error": ValueError("boom")})) == {"error": "boom"}
+
+
+# ── events and key names ──────────────────────────────────────────────────────────────────────────────
+
+
+def test_event_shapes() -> None:
+    assert q.END_EVENT == b'{"k":"end"}'
+    assert q.loads(q.chunk_event({"choices": [{"index": 0, "delta": {"content": "a"}}]})) == {
+        "k": "chunk", "d": {"choices": [{"index": 0, "delta": {"content": "a"}}]}}
+    assert q.loads(q.result_event({"choices": [], "usage": {"total_tokens": 3}})) == {
+        "k": "result", "d": {"choices": [], "usage": {"total_tokens": 3}}}
+    assert q.loads(q.error_event(502, "upstream said no", "upstream_error")) == {
+        "k": "error", "status": 502, "type": "upstream_error", "code": None, "message": "upstream said no",
+        "param": None}
+    assert q.loads(q.error_event(400, "bad", "invalid_request_error", "invalid_value", "temperature")) == {
+        "k": "error", "status": 400, "type": "invalid_request_error", "code": "invalid_value", "message": "bad",
+        "param": "temperature"}
+    assert q.loads(q.QUEUE_FULL_EVENT) == {
+        "k": "error", "status": 503, "type": "server_error", "code": "queue_full",
+        "message": "The gateway's queue is full; retry shortly.", "param": None}
+
+
+def test_key_names() -> None:
+    assert q.wake_key(q.INTERACTIVE_QUEUE) == "gatehouse:queue:interactive:wake"
+    assert q.output_key("abc") == "gatehouse:out:abc"
+    assert q.busy_key("interactive") == "gatehouse:busy:interactive"
+    assert q.lane_of(q.INTERACTIVE_QUEUE) == "interactive"
+    assert q.lane_of("gatehouse:queue:gpu") == "gpu"  # not a configured lane: the name's last part
+
+
+# ── the scripts, on a real Valkey ─────────────────────────────────────────────────────────────────────
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class Keys:
+    """A test's own key names (a unique prefix), laid out as the gateway lays out the real ones."""
+
+    prefix: str
+
+    @property
+    def queue(self) -> str:
+        return self.prefix + "queue"
+
+    @property
+    def wake(self) -> str:
+        return q.wake_key(self.queue)
+
+    @property
+    def lock_prefix(self) -> str:
+        return self.prefix + "in-progress:"
+
+    @property
+    def job_prefix(self) -> str:
+        return self.prefix + "job:"
+
+    @property
+    def retry_prefix(self) -> str:
+        return self.prefix + "retry:"
+
+    @property
+    def abort(self) -> str:
+        return self.prefix + "abort"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def out(self, job_id: str) -> str:
+        return self.prefix + "out:" + job_id
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"gh-unit:{uuid.uuid4().hex}:")
+
+
+async def enqueue(r: aioredis.Redis, k: Keys, job_id: str, *, max_depth: int = 10, score_ms: int = 1_000,
+                  ttl_ms: int = 30_000, payload: bytes | None = None) -> int:
+    payload = payload if payload is not None else q.serialize_job(spec(id=job_id), score_ms)
+    args: list[Any] = [k.queue, k.job(job_id), k.wake, k.out(job_id),  # KEYS, then ARGV, as the gateway sends
+                       job_id, payload, score_ms, ttl_ms, max_depth, q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S]
+    return int(await r.eval(q.ENQUEUE_LUA, 4, *args))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    score: int
+    payload: bytes | None
+    tries: int
+    aborted: bool
+
+
+async def claim(r: aioredis.Redis, k: Keys, *, now_ms: int, want: int = 10, look: int = 100,
+                lock_ms: int = 5_000) -> list[Claimed]:
+    args: list[Any] = [k.queue, now_ms, lock_ms, k.lock_prefix, want, look,  # as the worker sends them
+                       k.job_prefix, k.retry_prefix, k.abort, q.RETRY_KEY_TTL_S]
+    flat = await r.eval(q.CLAIM_LUA, 1, *args)
+    assert len(flat) % q.CLAIM_FIELDS == 0
+    return [Claimed(job_id.decode(), int(float(score)), payload, int(tries), bool(aborted))
+            for job_id, score, payload, tries, aborted in (flat[i:i + q.CLAIM_FIELDS]
+                                                           for i in range(0, len(flat), q.CLAIM_FIELDS))]
+
+
+def ids(claimed: list[Claimed]) -> list[tuple[str, int]]:
+    return [(c.id, c.score) for c in claimed]
+
+
+async def test_enqueue_writes_job_queue_entry_and_wake_token(r: aioredis.Redis, keys: Keys) -> None:
+    payload = q.serialize_job(spec(id="a"), 1_500)
+    assert await enqueue(r, keys, "a", score_ms=1_500, ttl_ms=20_000, payload=payload) == 1
+    assert await enqueue(r, keys, "b", score_ms=2_500) == 2
+    assert await r.get(keys.job("a")) == payload
+    assert 0 < await r.pttl(keys.job("a")) <= 20_000
+    assert await r.zrange(keys.queue, 0, -1, withscores=True) == [(b"a", 1_500.0), (b"b", 2_500.0)]
+    assert await r.llen(keys.wake) == 2 and 0 < await r.pttl(keys.wake) <= 60_000
+    assert await r.exists(keys.out("a")) == 0  # accepted: nothing written for the reader yet
+
+
+async def test_enqueue_refuses_when_full_and_tells_the_reader(r: aioredis.Redis, keys: Keys) -> None:
+    for i in range(2):
+        assert await enqueue(r, keys, f"j{i}", max_depth=2) == i + 1
+    assert await enqueue(r, keys, "late", max_depth=2) == -1
+    assert await r.zcard(keys.queue) == 2 and await r.exists(keys.job("late")) == 0
+    assert await r.llen(keys.wake) == 2  # no wake token for a refused job
+    entries = await r.xrange(keys.out("late"))
+    assert [fields for _, fields in entries] == [{q.EVENT_FIELD: q.QUEUE_FULL_EVENT}, {q.EVENT_FIELD: q.END_EVENT}]
+    assert 0 < await r.ttl(keys.out("late")) <= q.OUTPUT_TTL_S
+
+
+async def test_enqueue_refuses_a_duplicate_id(r: aioredis.Redis, keys: Keys) -> None:
+    assert await enqueue(r, keys, "dup", score_ms=1_000) == 1
+    first = await r.get(keys.job("dup"))
+    assert await enqueue(r, keys, "dup", score_ms=9_000, payload=b"other") == -2
+    assert await r.get(keys.job("dup")) == first and await r.zscore(keys.queue, "dup") == 1_000.0
+    assert await r.zcard(keys.queue) == 1 and await r.llen(keys.wake) == 1
+    # an id whose output stream still exists (a refused request) is a duplicate too
+    assert await enqueue(r, keys, "refused", max_depth=1) == -1
+    assert await enqueue(r, keys, "refused", max_depth=10) == -2
+    assert await r.exists(keys.job("refused")) == 0 and await r.xlen(keys.out("refused")) == 2
+
+
+async def test_claim_takes_due_jobs_and_their_locks(r: aioredis.Redis, keys: Keys) -> None:
+    now = int(time.time() * 1000)
+    await r.zadd(keys.queue, {"b": now - 1_000, "a": now - 2_000, "future": now + 60_000})
+    assert ids(await claim(r, keys, now_ms=now, lock_ms=7_000)) == [("a", now - 2_000), ("b", now - 1_000)]
+    for job_id in ("a", "b"):
+        assert await r.get(keys.lock_prefix + job_id) == b"1"
+        assert 0 < await r.pttl(keys.lock_prefix + job_id) <= 7_000
+    assert await r.exists(keys.lock_prefix + "future") == 0
+    assert await r.zcard(keys.queue) == 3  # claiming leaves the entries: arq removes them when a job ends
+    assert await claim(r, keys, now_ms=now) == []  # locked: not handed out twice
+    assert ids(await claim(r, keys, now_ms=now + 60_000)) == [("future", now + 60_000)]
+
+
+async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Keys) -> None:
+    """Fetch the job, count the try (arq's retry key), take the job off the abort set."""
+    await r.zadd(keys.queue, {"a": 1, "gone": 2})
+    await r.set(keys.job("a"), b"payload-a")
+    await r.set(keys.retry_prefix + "a", 2)  # tried twice before
+    await r.zadd(keys.abort, {"a": 1, "other": 1})
+    first, gone = await claim(r, keys, now_ms=10)
+    assert first == Claimed("a", 1, b"payload-a", 3, True)
+    assert gone == Claimed("gone", 2, None, 1, False)  # its job key expired: no payload, still claimed
+    assert await r.zrange(keys.abort, 0, -1) == [b"other"]
+    assert await r.get(keys.retry_prefix + "a") == b"3"
+    assert 0 < await r.ttl(keys.retry_prefix + "gone") <= q.RETRY_KEY_TTL_S
+
+
+async def test_claim_skips_a_job_locked_elsewhere(r: aioredis.Redis, keys: Keys) -> None:
+    await r.zadd(keys.queue, {"a": 1, "b": 2})
+    await r.set(keys.lock_prefix + "a", b"other-worker", px=5_000)
+    assert ids(await claim(r, keys, now_ms=10)) == [("b", 2)]
+    assert await r.get(keys.lock_prefix + "a") == b"other-worker"  # not taken over
+    assert await r.exists(keys.retry_prefix + "a") == 0  # nor its try counted
+
+
+async def test_claim_respects_the_most_jobs_and_the_read_limit(r: aioredis.Redis, keys: Keys) -> None:
+    await r.zadd(keys.queue, {f"j{i}": i for i in range(1, 6)})
+    assert ids(await claim(r, keys, now_ms=100, want=2)) == [("j1", 1), ("j2", 2)]
+    assert await claim(r, keys, now_ms=100, want=10, look=2) == []  # only the first two are looked at
+    assert ids(await claim(r, keys, now_ms=100, want=10, look=4)) == [("j3", 3), ("j4", 4)]
+    assert ids(await claim(r, keys, now_ms=100, want=1)) == [("j5", 5)]
+    assert await claim(r, keys, now_ms=100) == []
+
+
+async def test_enqueued_jobs_are_claimable_and_readable_by_arq(r: aioredis.Redis, keys: Keys) -> None:
+    """The two scripts together: what the gateway enqueues, a worker claims and arq can read."""
+    now = int(time.time() * 1000)
+    s = spec(id="e2e", deadline=time.time() + 30)
+    assert await enqueue(r, keys, "e2e", score_ms=now, payload=q.serialize_job(s, now)) == 1
+    (claimed,) = await claim(r, keys, now_ms=now)
+    assert (claimed.id, claimed.score, claimed.tries, claimed.aborted) == ("e2e", now, 1, False)
+    assert claimed.payload == await r.get(keys.job("e2e"))
+    assert claimed.payload is not None
+    _, args, _, _, enqueue_time = arq.jobs.deserialize_job_raw(claimed.payload, deserializer=q.loads)
+    assert JobSpec.from_dict(args[0]) == s and enqueue_time == now
