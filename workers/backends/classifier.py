@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -28,6 +28,9 @@ import orjson
 from core.config import ModelEntry
 from core.queue import JobSpec
 from workers.backends.base import BackendError, Classifies
+
+if TYPE_CHECKING:
+    from gpu_apps.classifier.engine import ClassifierEngine
 
 log = logging.getLogger("gatehouse.worker")
 
@@ -61,7 +64,7 @@ def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     return fut
 
 
-def _load_engine(checkpoint: str, timeout: float) -> Any:
+def _load_engine(checkpoint: str, timeout: float) -> ClassifierEngine:
     """Runs in the loading thread: importing torch and transformers takes a while too."""
     from gpu_apps.classifier.engine import ClassifierEngine
 
@@ -86,7 +89,7 @@ class ClassifierBackend(Classifies):
         self.extras = lp.extra_params()
         self.executor = executor
         self.session = session
-        self.engine: Any = None
+        self.engine: ClassifierEngine | None = None
         self.url: str | None = None
         self.local = lp.provider == "local"
         if self.local:
@@ -95,7 +98,7 @@ class ClassifierBackend(Classifies):
             self.model_name = entry.model_name
             self.checkpoint = str(self.extras["checkpoint"])
             self._load_lock = asyncio.Lock()  # concurrent first requests start one load
-            self._loading: asyncio.Future[Any] | None = None
+            self._loading: asyncio.Future[ClassifierEngine] | None = None
             self._failed: tuple[float, BaseException] | None = None  # (retry not before, monotonic s; the error)
         else:
             if not lp.api_base:
@@ -114,7 +117,7 @@ class ClassifierBackend(Classifies):
             return to_columns(results)
         return await self._remote(job, prompts)
 
-    async def _load(self, job: JobSpec) -> Any:
+    async def _load(self, job: JobSpec) -> ClassifierEngine:
         """The engine, loaded by the first request (one load at a time, shared by concurrent requests). Each
         request waits at most until its own deadline; the load goes on for the next ones."""
         async with self._load_lock:
@@ -135,13 +138,13 @@ class ClassifierBackend(Classifies):
         except Exception as e:  # the load's failure, as this request's error
             raise self._error(e) from e
 
-    def _start_load(self, timeout: float) -> asyncio.Future[Any]:
+    def _start_load(self, timeout: float) -> asyncio.Future[ClassifierEngine]:
         log.info("loading classifier %s from %s", self.model_name, self.checkpoint)
         started = time.monotonic()
         checkpoint, timeout = self.checkpoint, max(1.0, timeout)
         fut = _in_daemon_thread(lambda: _load_engine(checkpoint, timeout), name=f"load-{self.model_name}")
 
-        def done(f: asyncio.Future[Any]) -> None:
+        def done(f: asyncio.Future[ClassifierEngine]) -> None:
             self._loading = None
             if f.cancelled():
                 return
