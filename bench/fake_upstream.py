@@ -131,7 +131,8 @@ class FakeUpstream:
             if delay:
                 await asyncio.sleep(delay)
             if model == "broken-stream" and i == 2:
-                await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", "type": "server_error"}}\n\n')
+                await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", '
+                                 b'"type": "server_error"}}\n\n')
                 await resp.write_eof()
                 return resp
             piece = {"delta": {"content": w}} if chat else {"text": w}

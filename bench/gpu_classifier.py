@@ -93,10 +93,11 @@ def main() -> None:
     sample = prompts[: args.check]
     batched = engine.classify(sample, batch_size=args.batch)
     ref_engine = ClassifierEngine(model, tokenizer, device=device, dtype=torch.float32)
-    reference = [postprocess([h for h in ref_engine.logits([s], batch_size=1)])[0] for s in sample]
-    worst = max(abs(float(a[k]) - float(b[k])) for a, b in zip(batched, reference) for k in a
+    reference = [postprocess(list(ref_engine.logits([s], batch_size=1)))[0] for s in sample]
+    worst = max(abs(float(a[k]) - float(b[k])) for a, b in zip(batched, reference, strict=True) for k in a
                 if isinstance(a[k], float))
-    print(f"| measure | result |\n|---|---|\n| card recipe (pad 512, fp32, batch {args.batch}) | {card:,.1f} prompts/s |\n"
+    print(f"| measure | result |\n|---|---|\n"
+          f"| card recipe (pad 512, fp32, batch {args.batch}) | {card:,.1f} prompts/s |\n"
           f"| Gatehouse engine ({engine.dtype}, length-bucketed, batch {args.batch}) | {ours:,.1f} prompts/s |\n"
           f"| speed-up | {ours / card:.1f}× |\n"
           f"| max abs score difference vs unbatched fp32 ({args.check} prompts) | {worst:.5f} |")

@@ -116,7 +116,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32, help="clients for the throughput test (default 32)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per throughput round (default 5)")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds per stack (default 3)")
-    p.add_argument("--flush-at", type=int, default=64, help="spans per export batch (default 64, the setting's default)")
+    p.add_argument("--flush-at", type=int, default=64,
+                   help="spans per export batch (default 64, the setting's default)")
     p.add_argument("--json", type=pathlib.Path, help="also write the raw results here")
     args = p.parse_args()
     global FLUSH_AT
