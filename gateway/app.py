@@ -45,6 +45,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
 
     docs = config.settings.expose_docs  # every route but the health probes needs a credential: docs are opt-in
     app = FastAPI(title="Gatehouse", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.include_router(openai.router)
     app.include_router(generate.router)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from core import queue as q
 from core import schemas as p
@@ -20,28 +22,63 @@ from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
 from observability.calls import has_token
 
 DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class SSEResponse(StreamingResponse):
+    """A server-sent event stream whose last event, ``data: [DONE]``, goes out with the end of the body in one
+    write. With Starlette's own StreamingResponse the end of the chunked body followed in a later write, after
+    the request's accounting: a client that stops reading at ``[DONE]`` (most do) then found the body unfinished
+    and could not reuse the connection, so its next request paid a new TCP connection."""
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        finished = False
+        async for piece in self.body_iterator:
+            if finished:
+                continue  # nothing follows [DONE]; the iterator runs on only to do its after-response work
+            data = piece.encode() if isinstance(piece, str) else bytes(piece)
+            finished = data.endswith(DONE)
+            await send({"type": "http.response.body", "body": data, "more_body": not finished})
+        if not finished:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 _CHUNK_KEYS = ("choices", "usage", "system_fingerprint")
 
 
-async def read_events(redis: Redis, request_id: str, deadline: float,
-                      first: Entries | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Yield the worker's events for ``request_id`` until ``end``; GatewayTimeout at ``deadline``.
+async def read_batches(redis: Redis, request_id: str, deadline: float,
+                       first: Entries | None = None) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    """The worker's events for ``request_id`` as they arrive, one batch per stream read, with whether the batch
+    ends the request (it held ``end``); GatewayTimeout at ``deadline``.
 
     ``first`` holds entries already read (by the read pipelined with the enqueue)."""
     key = q.output_key(request_id)
     last: bytes = b"0-0"
     entries = first or []
     while True:
+        batch: list[dict[str, Any]] = []
         for entry_id, fields in entries:
             last = entry_id
             ev = q.loads(fields[q.EVENT_FIELD])
             if ev["k"] == "end":
+                yield batch, True
                 return
-            yield ev
+            batch.append(ev)
+        if batch:
+            yield batch, False
         block_ms = int((deadline - time.time()) * 1000)
         if block_ms <= 0:
             raise GatewayTimeout("The request timed out before the model finished.")
         entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
+
+
+async def read_events(redis: Redis, request_id: str, deadline: float,
+                      first: Entries | None = None) -> AsyncIterator[dict[str, Any]]:
+    """The worker's events for ``request_id`` one by one, until ``end``."""
+    async for batch, _ in read_batches(redis, request_id, deadline, first):
+        for ev in batch:
+            yield ev
 
 
 @dataclass(slots=True)
@@ -101,44 +138,72 @@ class Shape:
         return out
 
 
-async def sse_stream(events: AsyncIterator[dict[str, Any]], shape: Shape, include_usage: bool,
-                     outcome: Outcome) -> AsyncIterator[bytes]:
-    """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``."""
-    usage: dict[str, Any] | None = None
-    extra: dict[str, Any] = {}  # vendor fields of the last chunk (e.g. quantum_diagnostics)
-    try:
-        async for ev in events:
+class _StreamState:
+    """What a stream's relay keeps between batches: the usage and vendor fields to send at the end."""
+
+    def __init__(self, shape: Shape, outcome: Outcome):
+        self.shape, self.outcome = shape, outcome
+        self.usage: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}  # vendor fields of the last chunk (e.g. quantum_diagnostics)
+
+    def render(self, batch: list[dict[str, Any]]) -> tuple[list[bytes], bool]:
+        """The batch's SSE events, and whether the stream stops here (the worker reported an error)."""
+        out: list[bytes] = []
+        for ev in batch:
             k = ev["k"]
             if k == "chunk":
-                d = ev["d"]
-                if d.get("usage"):
-                    usage = d["usage"]
-                extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
-                choices = d.get("choices")
-                if choices:
-                    if outcome.first_token_at is None and has_token(choices):
-                        outcome.first_token_at = time.perf_counter()
-                    yield _sse(shape.chunk(choices, None, d.get("system_fingerprint")))
+                self._chunk(ev["d"], out)
             elif k == "result":
-                usage = ev["d"].get("usage") or usage
-                if outcome.first_token_at is None:
-                    outcome.first_token_at = time.perf_counter()
-                for chunk in shape.result_as_chunks(ev["d"]):
-                    yield _sse(chunk)
+                self.usage = ev["d"].get("usage") or self.usage
+                self._first_token()
+                out.extend(_sse(chunk) for chunk in self.shape.result_as_chunks(ev["d"]))
             elif k == "error":
-                yield sse_error(from_event(ev))
-                break
+                out.append(sse_error(from_event(ev)))
+                return out, True
+        return out, False
+
+    def _chunk(self, d: dict[str, Any], out: list[bytes]) -> None:
+        if d.get("usage"):
+            self.usage = d["usage"]
+        self.extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
+        choices = d.get("choices")
+        if choices:
+            if has_token(choices):
+                self._first_token()
+            out.append(_sse(self.shape.chunk(choices, None, d.get("system_fingerprint"))))
+
+    def _first_token(self) -> None:
+        if self.outcome.first_token_at is None:
+            self.outcome.first_token_at = time.perf_counter()
+
+    def tail(self, include_usage: bool) -> bytes:
+        """The optional usage chunk (with vendor fields) and ``[DONE]``."""
+        self.outcome.usage = self.usage
+        if include_usage and self.usage is not None:
+            return _sse({**self.shape.chunk([], self.usage), **self.extra}) + DONE
+        if self.extra:
+            return _sse({**self.shape.chunk([]), **self.extra}) + DONE
+        return DONE
+
+
+async def sse_stream(batches: AsyncIterator[tuple[list[dict[str, Any]], bool]], shape: Shape, include_usage: bool,
+                     outcome: Outcome) -> AsyncIterator[bytes]:
+    """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``: one piece (one
+    write to the client) per batch the gateway read, the last one ending with ``[DONE]``."""
+    state = _StreamState(shape, outcome)
+    try:
+        async for batch, last in batches:
+            pieces, stopped = state.render(batch)
+            if stopped or last:
+                yield b"".join([*pieces, state.tail(include_usage)])
+                return
+            if pieces:
+                yield b"".join(pieces)
     except GatewayError as e:
-        outcome.usage = usage
-        yield sse_error(e)
-        yield DONE
+        outcome.usage = state.usage
+        yield sse_error(e) + DONE
         return
-    outcome.usage = usage
-    if include_usage and usage is not None:
-        yield _sse({**shape.chunk([], usage), **extra})
-    elif extra:
-        yield _sse({**shape.chunk([]), **extra})
-    yield DONE
+    yield state.tail(include_usage)
 
 
 async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: Outcome) -> dict[str, Any]:

@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from core import queue as q
 from core import schemas as p
 from core.queue import JobKind
 from gateway.auth import MASTER, Principal
 from gateway.context import STARTED_KEY, request_id
+from gateway.enqueue import Entries
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -33,7 +34,7 @@ from gateway.errors import (
     from_validation_error,
 )
 from gateway.limits import Admission
-from gateway.relay import Outcome, Shape, collect, read_events, sse_stream
+from gateway.relay import SSE_HEADERS, Outcome, Shape, SSEResponse, collect, read_batches, read_events, sse_stream
 from gateway.services import Services, services
 from observability.calls import TraceContext
 from observability.http import count_usage, observe_stream, route_of
@@ -41,7 +42,6 @@ from observability.http import count_usage, observe_stream, route_of
 log = logging.getLogger("gatehouse.gateway")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=p.JobRequest)
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -143,29 +143,32 @@ class Generation:
                               trace=self._trace_context(request) if self.svc.tracing else None)
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
-            events = read_events(self.svc.redis, rid, spec.deadline, first)
             if stream:
                 if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 outcome.started = request.scope[STARTED_KEY][1]
-                body_iter = self._guarded_stream(rid, sse_stream(events, shape, include_usage, outcome),
+                batches = read_batches(self.svc.redis, rid, spec.deadline, first)
+                body_iter = self._guarded_stream(rid, sse_stream(batches, shape, include_usage, outcome),
                                                  admission, model, outcome)
-                return StreamingResponse(body_iter, media_type="text/event-stream",
-                                         headers={**SSE_HEADERS, **headers})
+                return SSEResponse(body_iter, headers={**SSE_HEADERS, **headers})
         except BaseException:
             self._account(admission, model, rid, outcome)
             raise
-        result = await self._collect_or_cancel(request, rid, events, shape, kind, admission, model, outcome)
+        events = read_events(self.svc.redis, rid, spec.deadline, first)
+        result = await self._collect_or_cancel(request, rid, events, shape, kind, admission, model, outcome,
+                                               watch=not _has_end(first))
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     async def _collect_or_cancel(self, request: Request, rid: str, events: AsyncIterator[dict[str, Any]],
                                  shape: Shape, kind: JobKind, admission: Admission | None, model: str,
-                                 outcome: Outcome) -> dict[str, Any]:
-        """Wait for the whole answer; if the client disconnects or time runs out, cancel the job."""
-        current = asyncio.current_task()
-        assert current is not None
-        watcher = asyncio.create_task(_wait_disconnect(request))
-        watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and not t.exception() else None)
+                                 outcome: Outcome, *, watch: bool) -> dict[str, Any]:
+        """Wait for the whole answer; if the client disconnects or time runs out, cancel the job. (``watch``
+        False: the whole answer is already here, so there is nothing to wait for and no disconnect to watch.)"""
+        watcher = asyncio.create_task(_wait_disconnect(request)) if watch else None
+        if watcher is not None:
+            current = asyncio.current_task()
+            assert current is not None
+            watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and not t.exception() else None)
         done = False
         try:
             if kind in ("generate", "classify"):
@@ -175,7 +178,8 @@ class Generation:
             done = True
             return result
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self._settle(rid, done)
             self._account(admission, model, rid, outcome)
 
@@ -220,6 +224,11 @@ class Generation:
             self.svc.queue.consumed(rid)
         else:
             self.svc.queue.cancel_soon(rid)
+
+
+def _has_end(entries: Entries | None) -> bool:
+    """Whether entries read so far hold the request's last event (its answer is complete)."""
+    return entries is not None and len(entries) > 0 and entries[-1][1].get(q.EVENT_FIELD) == q.END_EVENT
 
 
 async def _wait_disconnect(request: Request) -> bool:

@@ -13,13 +13,13 @@ from observability import metrics
 from observability.calls import OPERATION_NAMES
 
 OTHER_ROUTE = "other"
+ROUTE_KEY = "gatehouse.route"  # set by routes that are not FastAPI routes (gateway/routes/__init__.py)
 
 
 def route_of(scope: Mapping[str, Any]) -> str:
     """The matched route's path template (bounded: the app's route table), else "other" (404s, probes of
     random paths) so a scanner cannot mint label values."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = scope.get(ROUTE_KEY) or getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else OTHER_ROUTE
 
 

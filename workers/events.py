@@ -2,12 +2,14 @@
 
 ``emit`` never waits: events are buffered and a single flusher task writes whatever has accumulated while
 the previous write was in flight. ``settle`` waits for that task and returns what is left, so the last events
-can ride in the worker's end-of-job transaction. The stream expires OUTPUT_TTL_S after its last write.
+can ride in the worker's end-of-job transaction. The stream expires OUTPUT_TTL_S after a write; the TTL is
+renewed once half of it has passed (and by the end-of-job transaction), not by every write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from redis.asyncio import Redis
 
@@ -21,6 +23,7 @@ class EventWriter:
         self.ttl_s = ttl_s
         self._buf: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._expire_due = 0.0  # monotonic time after which a write renews the stream's TTL
 
     def emit(self, event: bytes) -> None:
         self._buf.append(event)
@@ -35,10 +38,14 @@ class EventWriter:
     async def write(self, events: list[bytes]) -> None:
         """Append ``events`` now, in one round trip. MULTI/EXEC, so they land together: a reader blocked on the
         stream wakes once with all of them rather than once per event."""
+        now = time.monotonic()
+        renew = now >= self._expire_due  # the TTL is renewed when half of it has passed, not on every write
         async with self.redis.pipeline(transaction=len(events) > 1) as pipe:
             for ev in events:
                 pipe.xadd(self.key, {q.EVENT_FIELD: ev})
-            pipe.expire(self.key, self.ttl_s)
+            if renew:
+                pipe.expire(self.key, self.ttl_s)
+                self._expire_due = now + self.ttl_s / 2
             await pipe.execute()
 
     async def settle(self) -> list[bytes]:

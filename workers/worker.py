@@ -136,6 +136,8 @@ class GatehouseWorker(Worker):
                 task = self.loop.create_task(self.run_job(job_id, int(float(score))))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
+            if claimed:
+                await asyncio.sleep(0)  # let the jobs start (up to their upstream call) before waiting again
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, t in list(self.tasks.items()):
@@ -146,17 +148,20 @@ class GatehouseWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's run_job for Gatehouse's one job function, with what the claim already fetched: no second round
-        trip for the job, no per-job context copy or argument repr. Timeouts, abort and counters as arq's."""
+        trip for the job, no per-job context copy or argument repr, and the job function runs in this task (no
+        second task per job). Timeouts, abort and counters as arq's."""
         claim = self._claimed.pop(job_id, None) or Claimed(None, 1, False)
         try:
             args = self._job_args(job_id, claim)
             if args is None:
                 self.jobs_failed += 1
                 return
-            self.job_tasks[job_id] = task = self.loop.create_task(run_request(self.ctx, *args))
+            this = asyncio.current_task()
+            assert this is not None
+            self.job_tasks[job_id] = this  # what the cancel listener and arq's abort cancel
             try:
                 async with asyncio.timeout(self.job_timeout_s):
-                    await task
+                    await run_request(self.ctx, *args)
                 self.jobs_complete += 1
             except asyncio.CancelledError:
                 self.jobs_failed += 1
@@ -171,7 +176,7 @@ class GatehouseWorker(Worker):
                 self.jobs_failed += 1
                 log.exception("job %s failed", job_id)  # run_request handles its own errors: this is a bug
             finally:
-                del self.job_tasks[job_id]
+                self.job_tasks.pop(job_id, None)
         finally:
             await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
 

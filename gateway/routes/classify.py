@@ -6,13 +6,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from core import schemas as p
+from gateway.routes import plain_post
 from gateway.serving import Generation
 
 router = APIRouter()
 
 
-@router.post("/v1/classify")
-@router.post("/classify")
 async def classify(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, p.ClassifyRequest)
     return await gen.run(request, req, body, id_prefix="cls-")
+
+
+for _path in ("/v1/classify", "/classify"):
+    plain_post(router, _path, classify)

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from core import schemas as p
+from gateway.routes import plain_post
 from gateway.serving import Generation
 
 router = APIRouter()
 
 
-@router.post("/generate")
 async def generate(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, _form_of)
     return await gen.run(request, req, body, id_prefix="gen-")
@@ -23,3 +23,6 @@ async def generate(request: Request) -> Response:
 
 def _form_of(body: dict[str, Any]) -> type[p.GenerateRequest] | type[p.QuantumGenerateRequest]:
     return p.QuantumGenerateRequest if p.is_quantum_generate(body) else p.GenerateRequest
+
+
+plain_post(router, "/generate", generate)

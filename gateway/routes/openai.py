@@ -1,4 +1,6 @@
-"""OpenAI-compatible routes: chat completions, completions, models."""
+"""OpenAI-compatible routes: chat completions, completions, models.
+
+The generation endpoints are plain routes (``plain_post``): the body is parsed by ``Generation.accept``."""
 
 from __future__ import annotations
 
@@ -7,24 +9,26 @@ from starlette.responses import Response
 
 from core import schemas as p
 from gateway.errors import ModelNotFound
+from gateway.routes import plain_post
 from gateway.services import services
 from gateway.serving import Generation
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
-@router.post("/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, p.ChatCompletionRequest)
     return await gen.run(request, req, body, id_prefix="chatcmpl-")
 
 
-@router.post("/v1/completions")
-@router.post("/completions", include_in_schema=False)
 async def completions(request: Request) -> Response:
     gen, body, req = await Generation.accept(request, p.CompletionRequest)
     return await gen.run(request, req, body, id_prefix="cmpl-")
+
+
+for _path, _endpoint in (("/v1/chat/completions", chat_completions), ("/chat/completions", chat_completions),
+                         ("/v1/completions", completions), ("/completions", completions)):
+    plain_post(router, _path, _endpoint, include_in_schema=_path.startswith("/v1/"))
 
 
 @router.get("/v1/models")
