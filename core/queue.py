@@ -144,12 +144,24 @@ def serialize_job(spec: JobSpec, enqueue_time_ms: int) -> bytes:
 
 
 # ── output events ─────────────────────────────────────────────────────────────────────────────────────
-# Stream entries carry one field, b"e", holding orjson of {"k": kind, ...}:
+# Stream entries carry one field, b"e", holding one event or a JSON array of events written together (a
+# worker's flush: one XADD however many chunks accumulated). An event is orjson of {"k": kind, ...}:
 #   chunk  {"k":"chunk","d":{"choices":[...], "usage"?:{...}}}   OpenAI-shaped delta chunk (no id/model)
 #   result {"k":"result","d":{"choices":[...], "usage":{...}}}   a whole non-streamed answer
 #   error  {"k":"error","status":502,"type":"...","code":"...","message":"...","param":...}
 #   end    {"k":"end"}                                           always last
 EVENT_FIELD = b"e"
+
+
+def pack_events(events: list[bytes]) -> bytes:
+    """Several serialised events as one entry's value (a JSON array; no re-serialising)."""
+    return events[0] if len(events) == 1 else b"[" + b",".join(events) + b"]"
+
+
+def unpack_events(value: bytes) -> list[dict[str, Any]]:
+    """The events of one stream entry."""
+    obj = orjson.loads(value)
+    return obj if isinstance(obj, list) else [obj]
 END_EVENT = dumps({"k": "end"})
 
 

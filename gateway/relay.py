@@ -60,11 +60,11 @@ async def read_batches(redis: Redis, request_id: str, deadline: float,
         batch: list[dict[str, Any]] = []
         for entry_id, fields in entries:
             last = entry_id
-            ev = q.loads(fields[q.EVENT_FIELD])
-            if ev["k"] == "end":
-                yield batch, True
-                return
-            batch.append(ev)
+            for ev in q.unpack_events(fields[q.EVENT_FIELD]):
+                if ev["k"] == "end":
+                    yield batch, True
+                    return
+                batch.append(ev)
         if batch:
             yield batch, False
         block_ms = int((deadline - time.time()) * 1000)

@@ -144,7 +144,7 @@ class Generation:
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             if stream:
-                if first and (ev := q.loads(first[0][1][q.EVENT_FIELD]))["k"] == "error":
+                if first and (ev := q.unpack_events(first[0][1][q.EVENT_FIELD])[0])["k"] == "error":
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 outcome.started = request.scope[STARTED_KEY][1]
                 batches = read_batches(self.svc.redis, rid, spec.deadline, first)
@@ -228,7 +228,10 @@ class Generation:
 
 def _has_end(entries: Entries | None) -> bool:
     """Whether entries read so far hold the request's last event (its answer is complete)."""
-    return entries is not None and len(entries) > 0 and entries[-1][1].get(q.EVENT_FIELD) == q.END_EVENT
+    if not entries:
+        return False
+    value = entries[-1][1].get(q.EVENT_FIELD, b"")
+    return value == q.END_EVENT or value.endswith(b"," + q.END_EVENT + b"]")
 
 
 async def _wait_disconnect(request: Request) -> bool:

@@ -36,16 +36,17 @@ class EventWriter:
             await self.write(batch)
 
     async def write(self, events: list[bytes]) -> None:
-        """Append ``events`` now, in one round trip. MULTI/EXEC, so they land together: a reader blocked on the
-        stream wakes once with all of them rather than once per event."""
+        """Append ``events`` now, in one round trip and one stream entry: a reader blocked on the stream wakes once
+        with all of them rather than once per event."""
         now = time.monotonic()
         renew = now >= self._expire_due  # the TTL is renewed when half of it has passed, not on every write
-        async with self.redis.pipeline(transaction=len(events) > 1) as pipe:
-            for ev in events:
-                pipe.xadd(self.key, {q.EVENT_FIELD: ev})
-            if renew:
-                pipe.expire(self.key, self.ttl_s)
-                self._expire_due = now + self.ttl_s / 2
+        if not renew:
+            await self.redis.xadd(self.key, {q.EVENT_FIELD: q.pack_events(events)})
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.key, {q.EVENT_FIELD: q.pack_events(events)})
+            pipe.expire(self.key, self.ttl_s)
+            self._expire_due = now + self.ttl_s / 2
             await pipe.execute()
 
     async def settle(self) -> list[bytes]:

@@ -223,8 +223,7 @@ class GatehouseWorker(Worker):
             return
         out = q.output_key(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
-            for ev in events:
-                tr.xadd(out, {q.EVENT_FIELD: ev})
+            tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
             tr.expire(out, q.OUTPUT_TTL_S)
             tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
             tr.zrem(abort_jobs_ss, job_id)

@@ -304,3 +304,11 @@ async def test_enqueued_jobs_are_claimable_and_readable_by_arq(r: aioredis.Redis
     assert claimed.payload is not None
     _, args, _, _, enqueue_time = arq.jobs.deserialize_job_raw(claimed.payload, deserializer=q.loads)
     assert JobSpec.from_dict(args[0]) == s and enqueue_time == now
+
+
+def test_events_written_together_share_one_entry() -> None:
+    chunk = q.chunk_event({"choices": []})
+    assert q.pack_events([chunk]) == chunk  # a single event is stored as itself
+    packed = q.pack_events([chunk, q.result_event({"x": 1}), q.END_EVENT])
+    assert [e["k"] for e in q.unpack_events(packed)] == ["chunk", "result", "end"]
+    assert q.unpack_events(q.END_EVENT) == [{"k": "end"}]

@@ -47,7 +47,7 @@ def spec(kind: JobKind = "chat", *, stream: bool = False, model: str = "fake", d
 
 async def streamed(redis: ArqRedis, job_id: str) -> list[dict[str, Any]]:
     entries = await redis.xrange(q.output_key(job_id))
-    return [q.loads(fields[q.EVENT_FIELD]) for _, fields in entries]
+    return [ev for _, fields in entries for ev in q.unpack_events(fields[q.EVENT_FIELD])]
 
 
 def last(state: WorkerState, job_id: str) -> list[dict[str, Any]]:
