@@ -6,6 +6,7 @@ There is no polling: each read blocks in Redis until the worker writes, or until
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from core import queue as q
 from core import schemas as p
@@ -32,6 +33,30 @@ class SSEResponse(StreamingResponse):
     and could not reuse the connection, so its next request paid a new TCP connection."""
 
     media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream, and stop as soon as the client disconnects (its job is then cancelled by the body's own
+        clean-up). One watcher task instead of Starlette's anyio task group per stream."""
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            streaming.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            streaming.uncancel()  # our own cancellation: the client left, nothing more to do
+        finally:
+            watcher.cancel()
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
