@@ -67,6 +67,10 @@ class GatehouseWorker(Worker):
     _claim: AsyncScript
     _claimed: dict[str, Claimed]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._claimed = {}  # job id -> what the claim script fetched for it, until run_job takes it
+
     @property
     def state(self) -> WorkerState:
         return state_of(self.ctx)
@@ -78,7 +82,6 @@ class GatehouseWorker(Worker):
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
         self._claim = self.pool.register_script(q.CLAIM_LUA)
-        self._claimed = {}
         if self.on_startup:
             await self.on_startup(self.ctx)
         gc.collect()

@@ -1,0 +1,87 @@
+"""GatehouseWorker.run_job with what the claim script returned, against a real Valkey: a job runs and its last
+events land with arq's bookkeeping; a job whose earlier worker died is not run twice but answered ``worker_lost``;
+an expired or cancelled one is dropped."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+from core import queue as q
+from core.config import Config
+from core.queue import JobSpec
+from observability.jobs import JobObserver
+from unit.workers.fake_backend import FakeBackend
+from workers.backends import Backends
+from workers.runner import run_request
+from workers.state import STATE_KEY, WorkerState
+from workers.worker import Claimed, GatehouseWorker
+
+
+@pytest.fixture
+async def worker(redis_url: str) -> AsyncIterator[tuple[GatehouseWorker, FakeBackend]]:
+    pool: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
+    fake = FakeBackend()
+    backends = Backends(Config())
+    backends.register("fake", fake)
+    w = GatehouseWorker(functions=[run_request], redis_settings=RedisSettings.from_dsn(redis_url), max_tries=1,
+                        queue_name=f"test:queue:{uuid.uuid4().hex}", keep_result=0)
+    w._pool = pool
+    w.ctx[STATE_KEY] = WorkerState(redis=pool, backends=backends, observer=JobObserver(
+        worker_id="w", lane="interactive", backend_kinds={}, prices={}))
+    yield w, fake
+    await pool.aclose()
+
+
+def payload(job: JobSpec) -> bytes:
+    return q.serialize_job(job, int(time.time() * 1000))
+
+
+async def events_of(redis: ArqRedis, job_id: str) -> list[dict[str, object]]:
+    return [ev for _, f in await redis.xrange(q.output_key(job_id)) for ev in q.unpack_events(f[q.EVENT_FIELD])]
+
+
+def new_job() -> JobSpec:
+    return JobSpec(id=uuid.uuid4().hex, kind="chat", model="fake", stream=False, deadline=time.time() + 10,
+                   body={"messages": [{"role": "user", "content": "hi"}]})
+
+
+async def test_a_claimed_job_runs_and_its_answer_lands_with_the_bookkeeping(
+        worker: tuple[GatehouseWorker, FakeBackend]) -> None:
+    w, fake = worker
+    job = new_job()
+    await w.pool.set(in_progress_key_prefix + job.id, b"1")
+    await w.pool.set(job_key_prefix + job.id, payload(job))
+    w._claimed[job.id] = Claimed(payload(job), 1, False)
+    await w.run_job(job.id, 0)
+    assert [e["k"] for e in await events_of(w.pool, job.id)] == ["result", "end"]
+    assert fake.jobs[0].id == job.id and w.jobs_complete == 1
+    assert not await w.pool.exists(in_progress_key_prefix + job.id, job_key_prefix + job.id,
+                                   retry_key_prefix + job.id)
+
+
+async def test_a_job_already_tried_is_answered_worker_lost_not_run_again(
+        worker: tuple[GatehouseWorker, FakeBackend]) -> None:
+    w, fake = worker
+    job = new_job()
+    w._claimed[job.id] = Claimed(payload(job), 2, False)
+    await w.run_job(job.id, 0)
+    events = await events_of(w.pool, job.id)
+    assert [e["k"] for e in events] == ["error", "end"]
+    assert (events[0]["status"], events[0]["code"]) == (502, "worker_lost")
+    assert fake.jobs == [] and w.jobs_failed == 1
+
+
+@pytest.mark.parametrize("claim", [Claimed(None, 1, False), "aborted"])
+async def test_expired_or_cancelled_jobs_are_dropped(worker: tuple[GatehouseWorker, FakeBackend],
+                                                     claim: Claimed | str) -> None:
+    w, fake = worker
+    job = new_job()
+    w._claimed[job.id] = claim if isinstance(claim, Claimed) else Claimed(payload(job), 1, True)
+    await w.run_job(job.id, 0)
+    assert fake.jobs == [] and await events_of(w.pool, job.id) == []
