@@ -165,6 +165,11 @@ def unpack_events(value: bytes) -> list[dict[str, Any]]:
 END_EVENT = dumps({"k": "end"})
 
 
+def ends_request(value: bytes) -> bool:
+    """Whether a stream entry's value holds the request's last event (``end``), without decoding it."""
+    return value == END_EVENT or value.endswith(b"," + END_EVENT + b"]")
+
+
 def chunk_event(data: dict[str, Any]) -> bytes:
     return dumps({"k": "chunk", "d": data})
 

@@ -43,15 +43,29 @@ class JobRequest(Wire):
     def sampling(self) -> SamplingParams:
         return SamplingParams()
 
+    def streams(self) -> bool:
+        """Whether the answer is streamed (only chat and completions can be)."""
+        return False
+
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return False
+
     def to_job(self, raw: dict[str, Any], *, request_id: str, deadline: float,
                trace: dict[str, Any] | None = None) -> JobSpec:
         """This request as the job a worker runs (``raw`` is the body as the client sent it)."""
         return JobSpec(id=request_id, kind=self.kind, model=self.model, body=self.job_body(raw),
-                       stream=bool(getattr(self, "stream", False)), deadline=deadline, params=self.sampling(),
-                       trace=trace)
+                       stream=self.streams(), deadline=deadline, params=self.sampling(), trace=trace)
 
 
+class SeedRequest(JobRequest):
+    """A seed's ``/generate`` form: the worker gets the seed's fields with their defaults filled in, and which
+    form it was."""
 
+    form: ClassVar[str]
+
+    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return {**self.model_dump(), "form": self.form}
 
 
 class StreamOptions(Wire):
@@ -93,6 +107,9 @@ class SamplingRequest(JobRequest):
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         return v
 
+    def streams(self) -> bool:
+        return bool(self.stream)
+
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
@@ -130,7 +147,7 @@ class CompletionRequest(SamplingRequest):
         return self
 
 
-class GenerateRequest(JobRequest):
+class GenerateRequest(SeedRequest):
     """The char-GPT seed's ``POST /generate {"seed", "temperature", "num_chars"}``."""
 
     kind = "generate"
@@ -142,15 +159,12 @@ class GenerateRequest(JobRequest):
     prompt: str = Field(default="", max_length=100_000)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
-    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return {**self.model_dump(), "form": self.form}  # the seed's fields with their defaults filled in
-
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_tokens=self.num_chars, temperature=self.temperature, top_p=self.top_p,
                               seed=self.seed)
 
 
-class QuantumGenerateRequest(JobRequest):
+class QuantumGenerateRequest(SeedRequest):
     """The qgpt seed's ``POST /generate {"prompt", "max_tokens", "temperature", "quantum_profile"}``."""
 
     kind = "generate"
@@ -162,9 +176,6 @@ class QuantumGenerateRequest(JobRequest):
     quantum_profile: str = "medium"
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-
-    def job_body(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return {**self.model_dump(), "form": self.form}
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -69,6 +69,8 @@ class SSEResponse(StreamingResponse):
             await send({"type": "http.response.body", "body": data, "more_body": not finished})
         if not finished:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 _CHUNK_KEYS = ("choices", "usage", "system_fingerprint")
 
 

@@ -131,9 +131,7 @@ class Generation:
     async def run(self, request: Request, req: p.JobRequest, body: dict[str, Any], *, id_prefix: str) -> Response:
         """Enqueue ``req`` (``body``: the client's raw body) and answer with the worker's output."""
         rid = request_id(request.scope)
-        kind, model = req.kind, req.model
-        stream = bool(getattr(req, "stream", False))
-        include_usage = req.include_usage() if isinstance(req, p.SamplingRequest) else False
+        kind, model, stream = req.kind, req.model, req.streams()
         admission = await self.svc.limiter.admit(rid, self.svc.scopes(self.principal))  # 429 here
         headers = admission.headers if admission else {}
         outcome = Outcome(kind=kind)
@@ -148,7 +146,7 @@ class Generation:
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 outcome.started = request.scope[STARTED_KEY][1]
                 batches = read_batches(self.svc.redis, rid, spec.deadline, first)
-                body_iter = self._guarded_stream(rid, sse_stream(batches, shape, include_usage, outcome),
+                body_iter = self._guarded_stream(rid, sse_stream(batches, shape, req.include_usage(), outcome),
                                                  admission, model, outcome)
                 return SSEResponse(body_iter, headers={**SSE_HEADERS, **headers})
         except BaseException:
@@ -228,10 +226,7 @@ class Generation:
 
 def _has_end(entries: Entries | None) -> bool:
     """Whether entries read so far hold the request's last event (its answer is complete)."""
-    if not entries:
-        return False
-    value = entries[-1][1].get(q.EVENT_FIELD, b"")
-    return value == q.END_EVENT or value.endswith(b"," + q.END_EVENT + b"]")
+    return entries is not None and len(entries) > 0 and q.ends_request(entries[-1][1].get(q.EVENT_FIELD, b""))
 
 
 async def _wait_disconnect(request: Request) -> bool:

@@ -312,3 +312,10 @@ def test_events_written_together_share_one_entry() -> None:
     packed = q.pack_events([chunk, q.result_event({"x": 1}), q.END_EVENT])
     assert [e["k"] for e in q.unpack_events(packed)] == ["chunk", "result", "end"]
     assert q.unpack_events(q.END_EVENT) == [{"k": "end"}]
+
+
+def test_an_entry_that_ends_the_request_is_recognised_undecoded() -> None:
+    assert q.ends_request(q.END_EVENT)
+    assert q.ends_request(q.pack_events([q.result_event({"x": 1}), q.END_EVENT]))
+    assert not q.ends_request(q.pack_events([q.chunk_event({"choices": []}), q.result_event({"x": 1})]))
+    assert not q.ends_request(q.chunk_event({"choices": []}))
