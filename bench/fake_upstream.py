@@ -9,10 +9,16 @@ production client code talks to it unchanged. Behaviour is chosen by the request
     flaky-NNN       answers HTTP NNN to the first attempt of each distinct body, then succeeds
     slow            waits ``delay`` seconds (body field, default 0.2) before each chunk
     broken-stream   streams two chunks, then an error event (as OpenAI does when a stream fails midway)
+    cut             streams two chunks, then closes the TCP connection: no error event, no [DONE], no end of
+                    the chunked body (a crashed server or a dropped connection); not streamed: as any name
+    hang            accepts the request and answers nothing (not even headers) for ``delay`` seconds (body
+                    field, default 60), then answers as any name (an upstream that stopped responding)
     cold-S          answers 503 for S seconds after its first request (a scale-from-zero app starting up)
+    context-window  answers 400 ``context_length_exceeded``, as OpenAI does for a prompt longer than the model's
 
 ``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
-``GET /_stats`` counts requests. Run alone: ``python -m bench.fake_upstream --port 9100``.
+``GET /_stats`` counts requests (``requests``: all of them; ``models``: by request model name).
+Run alone: ``python -m bench.fake_upstream --port 9100``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class FakeUpstream:
         self.last: dict[str, Any] | None = None
         self.last_headers: dict[str, str] = {}
         self.requests = 0
+        self.by_model: dict[str, int] = {}  # requests per request model name (GET /_stats)
         self.failed_once: set[str] = set()
         self.first_seen: dict[str, float] = {}
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -72,7 +79,8 @@ class FakeUpstream:
                             content_type="application/json")
 
     async def stats(self, _: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"requests": self.requests}), content_type="application/json")
+        return web.Response(body=orjson.dumps({"requests": self.requests, "models": self.by_model}),
+                            content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, chat=True)
@@ -87,12 +95,13 @@ class FakeUpstream:
         self.last = body
         self.last_headers = {k.lower(): v for k, v in request.headers.items()}
         model = str(body.get("model", ""))
+        await self._arrived(model, body)
         failure = self._failure(model, raw)
         if failure:
             return web.Response(status=failure, content_type="application/json", headers={"retry-after": "0"},
                                 body=orjson.dumps({"error": {"message": f"fake upstream says {failure}",
                                                              "type": "upstream_test", "param": None,
-                                                             "code": f"fake_{failure}"}}))
+                                                             "code": _error_code(model, failure)}}))
         text = _text_of(body, chat) if model == "echo" else CANNED
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1][:-1]
@@ -130,10 +139,8 @@ class FakeUpstream:
         for i, w in enumerate(words):
             if delay:
                 await asyncio.sleep(delay)
-            if model == "broken-stream" and i == 2:
-                await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", '
-                                 b'"type": "server_error"}}\n\n')
-                await resp.write_eof()
+            if i == 2 and model in ("broken-stream", "cut"):
+                await self._break(request, resp, model)
                 return resp
             piece = {"delta": {"content": w}} if chat else {"text": w}
             await send([{"index": 0, **piece, "finish_reason": None}])
@@ -183,7 +190,25 @@ class FakeUpstream:
         await resp.write_eof()
         return resp
 
+    async def _arrived(self, model: str, body: dict[str, Any]) -> None:
+        """Count the request; a "hang" request then waits before anything is answered."""
+        self.by_model[model] = self.by_model.get(model, 0) + 1
+        if model == "hang":
+            await asyncio.sleep(float(body.get("delay", 60)))
+
+    @staticmethod
+    async def _break(request: web.Request, resp: web.StreamResponse, model: str) -> None:
+        """End a stream midway: with an error event (broken-stream), or by closing the connection (cut)."""
+        if model == "cut":
+            assert request.transport is not None
+            request.transport.close()  # after the chunks already written: no error event, no end of the body
+            return
+        await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", "type": "server_error"}}\n\n')
+        await resp.write_eof()
+
     def _failure(self, model: str, raw: bytes) -> int | None:
+        if model == "context-window":
+            return 400
         if model.startswith("status-"):
             return int(model.split("-", 1)[1])
         if model.startswith("cold-"):
@@ -195,6 +220,10 @@ class FakeUpstream:
                 self.failed_once.add(key)
                 return int(model.split("-", 1)[1])
         return None
+
+
+def _error_code(model: str, status: int) -> str:
+    return "context_length_exceeded" if model == "context-window" else f"fake_{status}"
 
 
 def _text_of(body: dict[str, Any], chat: bool) -> str:

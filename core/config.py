@@ -11,14 +11,25 @@ names the offending field; the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
+from core.routing import ROUTER_KEYS, Deployment, RouterSettings, deployment_of, router_section, unhonoured_keys
 from core.settings import EnvFirstSettings, JwtSettings, MetricsSettings, ModalSettings, TeamLimits, TracingSettings
 
 ENV_REF = "os.environ/"
@@ -27,6 +38,7 @@ DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
 # anything else is translated by LiteLLM.
 OPENAI_COMPATIBLE = frozenset({"openai", "hosted_vllm", "openai_compatible", "groq", "deepinfra", "together_ai"})
 LOCAL = "local"
+log = logging.getLogger("gatehouse.config")
 
 
 class ConfigError(Exception):
@@ -41,6 +53,13 @@ class LiteLLMParams(BaseModel):
     api_key: SecretStr | None = None
     timeout: float | None = Field(default=None, gt=0)
     max_retries: int | None = Field(default=None, ge=0, le=10)
+    # the router's keys (core.routing.ROUTER_KEYS): read by the router, never sent upstream
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    weight: float | None = Field(default=None, gt=0)
+    order: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=1)
+    model_info: dict[str, Any] | None = None
 
     @property
     def provider(self) -> str:
@@ -51,7 +70,8 @@ class LiteLLMParams(BaseModel):
         return self.model.split("/", 1)[1]
 
     def extra_params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """The provider's own parameters and request defaults (never the router's keys)."""
+        return {k: v for k, v in (self.model_extra or {}).items() if k not in ROUTER_KEYS}
 
 
 class ModelEntry(BaseModel):
@@ -60,6 +80,8 @@ class ModelEntry(BaseModel):
     model_name: str = Field(min_length=1)
     litellm_params: LiteLLMParams
     model_info: dict[str, Any] = Field(default_factory=dict)
+    rpm: int | None = Field(default=None, ge=1)  # LiteLLM accepts these beside litellm_params too
+    tpm: int | None = Field(default=None, ge=1)
 
     @property
     def backend(self) -> str:
@@ -105,6 +127,9 @@ class GatehouseSettings(EnvFirstSettings):
     worker_concurrency: int = Field(default=256, ge=1, le=10_000)
     queue_max_depth: int = Field(default=2_000, ge=1)
     request_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    # on SIGTERM/SIGINT: how long the gateway keeps serving in-flight requests (new ones get 503
+    # shutting_down), and how long a worker lets its jobs finish before handing them back
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=3_600)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     upstream_retries: int = Field(default=2, ge=0, le=10)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -143,9 +168,18 @@ class Config(BaseModel):
     gatehouse: GatehouseSettings = Field(default_factory=GatehouseSettings)
     general_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
-    router_settings: dict[str, Any] = Field(default_factory=dict)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
     environment_variables: dict[str, str] = Field(default_factory=dict)
     source: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routing_keys_of_litellm_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("litellm_settings"), dict):
+            router = data.get("router_settings")
+            if router is None or isinstance(router, dict):
+                data = {**data, "router_settings": router_section(router, data["litellm_settings"])}
+        return data
 
     @property
     def settings(self) -> GatehouseSettings:
@@ -157,6 +191,54 @@ class Config(BaseModel):
         for e in self.model_list:
             out.setdefault(e.model_name, e)
         return out
+
+    def deployments(self) -> dict[str, list[Deployment]]:
+        """Public model name -> every deployment (model_list entry) with that name, in file order."""
+        out: dict[str, list[Deployment]] = {}
+        default_parallel = self.router_settings.default_max_parallel_requests
+        for e in self.model_list:
+            group = out.setdefault(e.model_name, [])
+            group.append(deployment_of(e, len(group), default_parallel))
+        return out
+
+    def drop_params(self) -> bool:
+        """``litellm_settings.drop_params``: LiteLLM drops the parameters a provider does not support."""
+        return bool(self.litellm_settings.get("drop_params"))
+
+    def honour_litellm_sections(self) -> list[str]:
+        """Apply what Gatehouse honours of LiteLLM's sections: ``num_retries``/``timeout`` (router_settings, then
+        litellm_settings' ``num_retries``/``request_timeout``), ``general_settings.database_url`` and
+        router_settings' Redis, each where ``gatehouse:`` and the environment set nothing. Raises ConfigError
+        naming a key it rejects (or a fallback naming no configured model); logs the keys it ignores, in one
+        warning, and returns them."""
+        r, ls, gs = self.router_settings, self.litellm_settings, self.general_settings
+        rejected, ignored = unhonoured_keys(r, ls, gs)
+        if rejected:
+            more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+            raise ConfigError(rejected[0] + more)
+        names = {e.model_name for e in self.model_list}
+        for where, group in r.named_groups():
+            if group not in names:
+                raise ConfigError(f"{where}: {group!r} is not a model_name in model_list")
+        seen: set[str] = set()
+        for d in (d for deps in self.deployments().values() for d in deps):
+            if d.id in seen:
+                raise ConfigError(f"model_list: model_info.id {d.id!r} is given to more than one deployment")
+            seen.add(d.id)
+        fill = {"upstream_retries": r.num_retries if r.num_retries is not None else ls.get("num_retries"),
+                "upstream_timeout_s": r.timeout or ls.get("request_timeout"),
+                "database_url": gs.get("database_url"), "redis_url": r.redis_dsn()}
+        for name, value in fill.items():
+            if value is not None and name not in self.gatehouse.model_fields_set:
+                try:
+                    setattr(self.gatehouse, name, value)
+                except ValidationError as e:
+                    source = {"upstream_retries": "num_retries", "upstream_timeout_s": "timeout"}.get(name, name)
+                    raise ConfigError(f"{source}: {_format_validation_error(e).split(': ', 1)[-1]}") from e
+        if ignored:
+            log.warning("%signored (Gatehouse does not use them): %s", f"{self.source}: " if self.source else "",
+                        ", ".join(ignored))
+        return ignored
 
     def master_key(self) -> str | None:
         if self.gatehouse.master_key is not None:
@@ -252,6 +334,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             raw["model_list"] = [*(raw.get("model_list") or [e.model_dump() for e in DEFAULT_MODEL_LIST]),
                                  *registry]
         cfg = Config(**raw, gatehouse=gh, source=str(file) if file else None)
+        cfg.honour_litellm_sections()
     except ValidationError as e:
         raise ConfigError(where + _format_validation_error(e)) from e
     except ConfigError as e:

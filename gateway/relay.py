@@ -13,16 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from core import queue as q
 from core import schemas as p
+from gateway.draining import Drain, shutting_down
 from gateway.enqueue import Entries, entries_of
-from gateway.errors import GatewayError, GatewayTimeout, from_event, sse_error
+from gateway.errors import GatewayError, GatewayTimeout, ServiceUnavailable, from_event, sse_error
 from observability.calls import has_token
 
 DONE = b"data: [DONE]\n\n"
+READ_BLOCK_MS = 1_000  # one blocking read waits at most this long: between reads the relay checks the drain
+READ_GRACE_S = 2.0  # a read not answered this long after its block ended: Redis has stalled
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -71,13 +77,14 @@ class SSEResponse(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-_CHUNK_KEYS = ("choices", "usage", "system_fingerprint")
+_CHUNK_KEYS = ("choices", "usage", "system_fingerprint", "model")
 
 
-async def read_batches(redis: Redis, request_id: str, deadline: float,
-                       first: Entries | None = None) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+async def read_batches(redis: Redis, request_id: str, deadline: float, first: Entries | None = None,
+                       drain: Drain | None = None) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
     """The worker's events for ``request_id`` as they arrive, one batch per stream read, with whether the batch
-    ends the request (it held ``end``); GatewayTimeout at ``deadline``.
+    ends the request (it held ``end``); GatewayTimeout at ``deadline``, 503 ``shutting_down`` once the
+    gateway's drain period is over, 503 ``queue_unavailable`` when Redis fails or stalls (each read is bounded).
 
     ``first`` holds entries already read (by the read pipelined with the enqueue)."""
     key = q.output_key(request_id)
@@ -97,13 +104,21 @@ async def read_batches(redis: Redis, request_id: str, deadline: float,
         block_ms = int((deadline - time.time()) * 1000)
         if block_ms <= 0:
             raise GatewayTimeout("The request timed out before the model finished.")
-        entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
+        if drain is not None and drain.expired:
+            raise shutting_down()
+        block_ms = min(block_ms, READ_BLOCK_MS)
+        try:
+            async with asyncio.timeout(block_ms / 1000 + READ_GRACE_S):
+                entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
+        except (*REDIS_DOWN, TimeoutError) as e:
+            raise ServiceUnavailable("The gateway lost its queue (Redis) while waiting for the answer; retry.",
+                                     code="queue_unavailable", headers={"retry-after": "1"}) from e
 
 
-async def read_events(redis: Redis, request_id: str, deadline: float,
-                      first: Entries | None = None) -> AsyncIterator[dict[str, Any]]:
+async def read_events(redis: Redis, request_id: str, deadline: float, first: Entries | None = None,
+                      drain: Drain | None = None) -> AsyncIterator[dict[str, Any]]:
     """The worker's events for ``request_id`` one by one, until ``end``."""
-    async for batch, _ in read_batches(redis, request_id, deadline, first):
+    async for batch, _ in read_batches(redis, request_id, deadline, first, drain):
         for ev in batch:
             yield ev
 
@@ -116,6 +131,7 @@ class Outcome:
     kind: str = "chat"
     started: float = 0.0  # perf_counter when the request arrived (streams: for time-to-first-token)
     first_token_at: float | None = None  # perf_counter when the first content chunk was handed to the client
+    cut: bool = False  # the gateway ended the stream itself (deadline, drain, Redis lost): the job may still run
 
     def tokens(self) -> tuple[int, int]:
         u = self.usage or {}
@@ -132,6 +148,12 @@ class Shape:
     def __init__(self, kind: str, response_id: str, model: str, created: int):
         self.chat = kind == "chat"
         self.id, self.model, self.created = response_id, model, created
+
+    def answered_by(self, d: dict[str, Any]) -> None:
+        """A fallback model group answered: the worker names it in the event's data, and so does the response."""
+        model = d.get("model")
+        if model:
+            self.model = str(model)
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None,
               fingerprint: str | None = None) -> dict[str, Any]:
@@ -181,6 +203,7 @@ class _StreamState:
             if k == "chunk":
                 self._chunk(ev["d"], out)
             elif k == "result":
+                self.shape.answered_by(ev["d"])
                 self.usage = ev["d"].get("usage") or self.usage
                 self._first_token()
                 out.extend(_sse(chunk) for chunk in self.shape.result_as_chunks(ev["d"]))
@@ -190,6 +213,8 @@ class _StreamState:
         return out, False
 
     def _chunk(self, d: dict[str, Any], out: list[bytes]) -> None:
+        if "model" in d:
+            self.shape.answered_by(d)
         if d.get("usage"):
             self.usage = d["usage"]
         self.extra.update({key: v for key, v in d.items() if key not in _CHUNK_KEYS})
@@ -228,6 +253,7 @@ async def sse_stream(batches: AsyncIterator[tuple[list[dict[str, Any]], bool]], 
                 yield b"".join(pieces)
     except GatewayError as e:
         outcome.usage = state.usage
+        outcome.cut = True
         yield sse_error(e) + DONE
         return
     yield state.tail(include_usage)
@@ -243,6 +269,7 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: 
         k = ev["k"]
         if k == "result":
             d = ev["d"]
+            shape.answered_by(d)
             outcome.usage = d.get("usage")
             whole = shape.whole(d.get("choices", []), d.get("usage"), d.get("system_fingerprint"))
             extra = {key: v for key, v in d.items() if key not in whole}  # vendor fields, e.g. quantum_diagnostics
@@ -250,6 +277,8 @@ async def collect(events: AsyncIterator[dict[str, Any]], shape: Shape, outcome: 
         if k == "error":
             raise from_event(ev)
         d = ev["d"]
+        if "model" in d:
+            shape.answered_by(d)
         usage = d.get("usage") or usage
         fingerprint = d.get("system_fingerprint") or fingerprint
         for c in d.get("choices") or ():

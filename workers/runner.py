@@ -4,6 +4,9 @@ the request's output stream.
     JobSpec ─► backend (by capability) ─► chunks as they come (EventWriter) ─► last events + ``end``
                                                                    (handed to GatehouseWorker.finish_job)
 
+A model with several deployments, limits or fallbacks goes through its ``workers.routing.Route``, which picks the
+backend and may try others while nothing has been sent; every other model's backend is called directly.
+
 Every failure becomes exactly one error event, built by ``BackendError.event`` (core.queue.error_event): a
 backend's own error, the deadline, a cancellation, or a bug in the worker.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from core import queue as q
 from core.queue import JobSpec
@@ -54,7 +57,7 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     failure: BackendError | None = None
     final: list[bytes] = []
     try:
-        final = await answer(state.backends.get(spec.model), spec, writer, state.observer, call)
+        final = await routed_answer(state, spec, writer, call)
     except asyncio.CancelledError:
         await _end(state, spec.id, writer, call, "cancelled", CANCELLED, final)
         raise
@@ -68,10 +71,45 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     await _end(state, spec.id, writer, call, status, failure, final)
 
 
-async def answer(backend: Backend, job: JobSpec, writer: EventWriter, observer: JobObserver,
-                 call: CallRecord) -> list[bytes]:
+class Emitter(Protocol):
+    def emit(self, event: bytes) -> None: ...
+
+
+class RoutedJob:
+    """A routed job's tries (``workers.routing.Attempts``): each runs ``answer``; output counts as sent once an
+    event was emitted (a held opening chunk is not)."""
+
+    def __init__(self, job: JobSpec, writer: EventWriter, observer: JobObserver, call: CallRecord):
+        self.job, self.writer, self.observer, self.call = job, writer, observer, call
+        self.emitted = 0
+
+    def emit(self, event: bytes) -> None:
+        self.emitted += 1
+        self.writer.emit(event)
+
+    async def run(self, backend: Backend, answered_by: str | None) -> list[bytes]:
+        return await answer(backend, self.job, self, self.observer, self.call, answered_by)
+
+    def sent(self) -> bool:
+        return self.emitted > 0
+
+    def tokens(self) -> int:
+        return int((self.call.usage or {}).get("total") or 0)
+
+
+async def routed_answer(state: WorkerState, job: JobSpec, writer: EventWriter, call: CallRecord) -> list[bytes]:
+    """``answer`` on the job's model: straight on its backend, or through its route."""
+    route = state.backends.route(job.model)
+    if route is None:
+        return await answer(state.backends.get(job.model), job, writer, state.observer, call)
+    return await route.run(job, state.redis, RoutedJob(job, writer, state.observer, call))
+
+
+async def answer(backend: Backend, job: JobSpec, writer: Emitter, observer: JobObserver, call: CallRecord,
+                 answered_by: str | None = None) -> list[bytes]:
     """Run ``job`` on ``backend`` within the job's deadline. Streamed chunks go out through ``writer`` as they
-    come; a whole answer is returned as the last events (they ride in the end-of-job transaction)."""
+    come; a whole answer is returned as the last events (they ride in the end-of-job transaction). A fallback
+    model group's answer names it (``answered_by``) in its chunks or result."""
     remaining = job.remaining()
     if remaining <= 0:
         raise TimeoutError
@@ -79,9 +117,13 @@ async def answer(backend: Backend, job: JobSpec, writer: EventWriter, observer: 
         result: Answer
         if job.kind in Completions.provides and isinstance(backend, Completions):
             if job.stream:
-                await relay_chunks(backend.stream(job), writer, observer, call)
+                chunks = backend.stream(job)
+                await relay_chunks(chunks if answered_by is None else named(chunks, answered_by), writer, observer,
+                                   call)
                 return []
             result = await backend.complete(job)
+            if answered_by is not None:
+                result = {**result, "model": answered_by}
         elif job.kind == "generate" and isinstance(backend, Generates):
             result = await backend.generate(job)
         elif job.kind == "classify" and isinstance(backend, Classifies):
@@ -92,7 +134,13 @@ async def answer(backend: Backend, job: JobSpec, writer: EventWriter, observer: 
     return [q.result_event(result)]
 
 
-async def relay_chunks(chunks: AsyncIterator[Chunk], writer: EventWriter, observer: JobObserver,
+async def named(chunks: AsyncIterator[Chunk], model: str) -> AsyncIterator[Chunk]:
+    """A fallback group's chunks, each naming the group."""
+    async for chunk in chunks:
+        yield WholeAnswer({**chunk, "model": model}) if isinstance(chunk, WholeAnswer) else {**chunk, "model": model}
+
+
+async def relay_chunks(chunks: AsyncIterator[Chunk], writer: Emitter, observer: JobObserver,
                        call: CallRecord) -> None:
     """A backend's stream into output events. An opening chunk that only announces the assistant's role is
     held and sent with the first chunk that has content: the client's first token then needs one write and one

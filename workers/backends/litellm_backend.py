@@ -22,7 +22,7 @@ _MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal")
 class LiteLLMBackend(Completions):
     kind = "litellm"
 
-    def __init__(self, entry: ModelEntry, *, retries: int = 2, timeout_s: float = 600.0):
+    def __init__(self, entry: ModelEntry, *, retries: int = 2, timeout_s: float = 600.0, drop_params: bool = False):
         lp = entry.litellm_params
         self.model = lp.model
         self.params: dict[str, Any] = dict(lp.extra_params())
@@ -31,6 +31,8 @@ class LiteLLMBackend(Completions):
         if lp.api_key is not None:
             self.params["api_key"] = lp.api_key.get_secret_value()
         self.params["num_retries"] = lp.max_retries if lp.max_retries is not None else retries
+        if drop_params:  # litellm_settings.drop_params: unless the deployment says otherwise
+            self.params.setdefault("drop_params", True)
         self.timeout_s = lp.timeout or timeout_s
 
     def _kwargs(self, job: JobSpec, stream: bool) -> dict[str, Any]:
@@ -113,4 +115,6 @@ def _map_error(e: Exception) -> BackendError:
     message = str(getattr(e, "message", None) or e) or "upstream error"
     if "Timeout" in type(e).__name__:
         return BackendError(504, "The upstream model did not answer in time.", type_="timeout_error", code="timeout")
+    if "ContextWindowExceeded" in type(e).__name__:
+        return BackendError(400, message, code="context_length_exceeded", param="messages")
     return BackendError(status if status < 500 else 502, message, retryable=status in (429, 500, 502, 503))

@@ -15,9 +15,10 @@ does not see the cold start as an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import orjson
@@ -137,7 +138,8 @@ class OpenAICompatibleBackend(Completions):
         url, data = self._request(job, stream=False)
         resp = await self._post(job, url, data)
         async with resp:
-            raw = await resp.read()
+            with _reading():
+                raw = await resp.read()
         try:
             out = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -149,22 +151,36 @@ class OpenAICompatibleBackend(Completions):
         url, data = self._request(job, stream=True)
         resp = await self._post(job, url, data)
         async with resp:
-            if "text/event-stream" not in resp.headers.get("content-type", ""):
-                # some servers ignore stream=true; relay their whole answer as one result
-                out = orjson.loads(await resp.read())
-                yield WholeAnswer({k: out[k] for k in ("choices", "usage", "system_fingerprint") if k in out})
-                return
-            async for payload in sse_data(resp.content):
-                if payload == b"[DONE]":
+            with _reading():
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    # some servers ignore stream=true; relay their whole answer as one result
+                    out = orjson.loads(await resp.read())
+                    yield WholeAnswer({k: out[k] for k in ("choices", "usage", "system_fingerprint") if k in out})
                     return
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
-                if "error" in chunk:
-                    e = chunk["error"] or {}
-                    raise BackendError(502, str(e.get("message") or "upstream stream error"), code=e.get("code"))
-                yield {k: chunk[k] for k in ("choices", "usage", "system_fingerprint") if k in chunk}
+                async for payload in sse_data(resp.content):
+                    if payload == b"[DONE]":
+                        return
+                    try:
+                        chunk = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if "error" in chunk:
+                        e = chunk["error"] or {}
+                        raise BackendError(502, str(e.get("message") or "upstream stream error"), code=e.get("code"))
+                    yield {k: chunk[k] for k in ("choices", "usage", "system_fingerprint") if k in chunk}
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """While reading an answer's body: the upstream hanging up or stalling is its failure (502/504), not ours."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise BackendError(504, "The upstream model stopped sending before it finished.", type_="timeout_error",
+                           code="timeout") from e
+    except aiohttp.ClientError as e:
+        raise BackendError(502, f"The upstream model broke off its answer ({type(e).__name__}).",
+                           code="upstream_disconnected") from e
 
 
 async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

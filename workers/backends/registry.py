@@ -1,5 +1,6 @@
 """``Backends``: model name -> backend, built once per worker process from the config's ``model_list``, with the
-resources the backends share (one HTTP pool, one model thread, one entropy pool, the hybrid scaler)."""
+resources the backends share (one HTTP pool, one model thread, one entropy pool, the hybrid scaler); and, for the
+models that need one (several deployments, limits, fallbacks), a ``workers.routing.Route``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from gpu_apps.chargpt import CharGPTEngine
     from gpu_apps.qgpt.entropy import EntropyPool
     from gpu_apps.scaling import HybridScaler
+    from workers.routing import Route
 
 log = logging.getLogger("gatehouse.worker")
 LOCAL_MODELS = ("chargpt",)
@@ -61,6 +63,8 @@ class Backends:
         self.config = config
         self.resources = Resources()
         self._by_name: dict[str, Backend] = {}
+        self._others: list[Backend] = []  # the deployments after each model's first (closed with the rest)
+        self.routes: dict[str, Route] = {}  # model name -> its route, for the models that need one
 
     @property
     def scaler(self) -> HybridScaler | None:
@@ -75,21 +79,37 @@ class Backends:
         modal = self.config.settings.modal
         if modal.hybrid_scaling:
             self.resources.scaler = _scaler(modal.scaling_dry_run)
-        for name, entry in self.config.models().items():
-            self.register(name, self._make(entry))
-            log.info("model %s -> %s backend (%s)", name, entry.backend, entry.litellm_params.model)
+        from workers.routing import Group, build_routes
+
+        groups: dict[str, Group] = {}
+        for name, deployments in self.config.deployments().items():
+            # a balanced group's retries are the router's (each may go to another deployment), not the backend's
+            balanced = len(deployments) > 1 or deployments[0].limited
+            backends = tuple(self._make(d.entry, retries=0 if balanced else None) for d in deployments)
+            self.register(name, backends[0])
+            self._others.extend(backends[1:])
+            groups[name] = Group(name, tuple(deployments), backends)
+            for d in deployments:
+                log.info("model %s -> %s backend (%s)%s", name, d.entry.backend, d.entry.litellm_params.model,
+                         f", deployment {d.id}" if len(deployments) > 1 else "")
+        self.routes = build_routes(self.config.router_settings, groups, self.config.settings.upstream_retries)
         return self
+
+    def route(self, model: str) -> Route | None:
+        """The model's route, or None when its one deployment is called directly."""
+        return self.routes.get(model)
 
     def register(self, name: str, backend: Backend) -> None:
         """Serve ``name`` with ``backend`` (``build`` registers every configured model)."""
         self._by_name[name] = backend
 
-    def _make(self, entry: ModelEntry) -> Backend:
+    def _make(self, entry: ModelEntry, retries: int | None = None) -> Backend:
         s, res = self.config.settings, self.resources
+        retries = s.upstream_retries if retries is None else retries
         if entry.backend == "openai":
             from workers.backends.openai_compat import OpenAICompatibleBackend
 
-            return OpenAICompatibleBackend(entry, res.http(), retries=s.upstream_retries,
+            return OpenAICompatibleBackend(entry, res.http(), retries=retries,
                                            timeout_s=s.upstream_timeout_s, on_request=self._activity_hook(entry))
         if entry.backend == "classifier":
             from workers.backends.classifier import ClassifierBackend
@@ -108,7 +128,8 @@ class Backends:
         if entry.backend == "litellm":
             from workers.backends.litellm_backend import LiteLLMBackend
 
-            return LiteLLMBackend(entry, retries=s.upstream_retries, timeout_s=s.upstream_timeout_s)
+            return LiteLLMBackend(entry, retries=retries, timeout_s=s.upstream_timeout_s,
+                                  drop_params=self.config.drop_params())
         from workers.backends.local import LocalBackend
 
         return LocalBackend(entry, self._engine(entry), res.model_thread(), self._entropy())
@@ -161,7 +182,7 @@ class Backends:
                                code="model_not_found", param="model") from None
 
     async def aclose(self) -> None:
-        for b in self._by_name.values():
+        for b in [*self._by_name.values(), *self._others]:
             await b.aclose()
         await self.resources.aclose()
 
