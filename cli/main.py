@@ -46,15 +46,17 @@ def serve(config: ConfigOpt = None, port: PortOpt = None, host: HostOpt = None) 
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.draining import FINISH_S, DrainingServer
 
     cfg = load(config, port=port, host=host)
     s = cfg.settings
     setup_logging(s.log_level, s.log_format, "gateway")
     master_key = ensure_master_key(s.data_dir, cfg.master_key())
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(cfg, master_key), host=s.host, port=s.port, loop="uvloop", http="httptools",
-        access_log=False, log_config=None, timeout_graceful_shutdown=30, backlog=4096,
-        timeout_keep_alive=75, server_header=False))
+    app = create_app(cfg, master_key)
+    server = DrainingServer(uvicorn.Config(
+        app, host=s.host, port=s.port, loop="uvloop", http="httptools",
+        access_log=False, log_config=None, timeout_graceful_shutdown=int(FINISH_S) + 1, backlog=4096,
+        timeout_keep_alive=75, server_header=False), app.state.drain)
     server.run()
 
 

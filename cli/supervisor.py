@@ -1,8 +1,13 @@
 """``gatehouse up``: start the embedded servers, the gateway and the workers; stop them all on Ctrl-C.
 
 Children are plain subprocesses (``gatehouse serve`` / ``gatehouse worker``) so each gets its own event loop
-and core; one that dies unexpectedly is restarted with backoff, and repeated crashes stop the whole system
-rather than flapping forever.
+and core; one that dies unexpectedly (the embedded Valkey included) is restarted with backoff, and repeated
+crashes stop the whole system rather than flapping forever.
+
+Every child runs in its own session, so a Ctrl-C reaches the supervisor alone, which stops them in order:
+the gateway first (it refuses new requests and drains those in flight for ``shutdown_grace_s``), then the
+workers (their jobs are done or cancelled by then), then Valkey and PostgreSQL, which everything else needed
+until the end.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key
+from cli.embedded import EmbeddedPostgres, EmbeddedValkey, clear_interactive_jobs, ensure_master_key, own_session
 from core.config import Config
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
@@ -38,10 +43,29 @@ class Child:
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(self.argv, env=self.env, **own_session())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def crashed_too_often(self) -> bool:
+        """Count one more restart; True when there were too many within RESTART_WINDOW_S."""
+        now = time.time()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+        return len(self.restarts) > MAX_RESTARTS
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=max(0.1, timeout))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Supervisor:
@@ -54,6 +78,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
         self.metrics_dir = Path(".gatehouse/metrics")
+        self.valkey_restarts = Child("valkey", [], {})  # restart bookkeeping for the embedded Valkey
 
     def _start_servers(self, data_dir: Path) -> tuple[str, str]:
         s = self.config.settings
@@ -61,6 +86,7 @@ class Supervisor:
         if not redis_url:
             self.valkey = EmbeddedValkey(data_dir)
             redis_url = self.valkey.start()
+            clear_interactive_jobs(redis_url)  # their clients left with the previous run
         if not db_url:
             self.postgres = EmbeddedPostgres(data_dir)
             db_url = self.postgres.start()
@@ -148,13 +174,23 @@ class Supervisor:
 
     def _watch(self) -> int:
         while not self.stopping:
+            if self.valkey is not None and not self.valkey.alive() and not self.stopping:
+                code = self.valkey.proc.returncode if self.valkey.proc else None
+                if self.valkey_restarts.crashed_too_often():
+                    log.error("Valkey exited (%s) %d times within %ds; stopping", code, MAX_RESTARTS,
+                              RESTART_WINDOW_S)
+                    return 1
+                log.warning("the embedded Valkey exited with %s; restarting it on port %d", code,
+                            self.valkey.port)
+                try:
+                    self.valkey.start()
+                except RuntimeError as e:
+                    log.error("could not restart Valkey: %s", e)
             for c in self.children:
                 if c.alive() or self.stopping:
                     continue
                 code = c.proc.returncode if c.proc else None
-                now = time.time()
-                c.restarts = [t for t in c.restarts if now - t < RESTART_WINDOW_S] + [now]
-                if len(c.restarts) > MAX_RESTARTS:
+                if c.crashed_too_often():
                     log.error("%s exited (%s) %d times within %ds; stopping", c.name, code, MAX_RESTARTS,
                               RESTART_WINDOW_S)
                     return 1
@@ -176,20 +212,19 @@ class Supervisor:
         self.console.print("\nstopping… (Ctrl-C again to force)")
 
     def _shutdown(self) -> None:
+        """In order: the gateway (drains), then the workers, then the servers they all used."""
         self.stopping = True
-        for c in self.children:
+        grace = self.config.settings.shutdown_grace_s
+        gateway = [c for c in self.children if c.name == "gateway"]
+        workers = [c for c in self.children if c.name != "gateway"]
+        for c in gateway:
+            c.stop(grace + 5)
+        for c in workers:  # signal them all first: they drain in parallel
             if c.alive() and c.proc:
                 c.proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 40
-        for c in self.children:
-            if c.proc is None:
-                continue
-            try:
-                c.proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", c.name)
-                c.proc.kill()
-                c.proc.wait()
+        deadline = time.time() + grace + 5
+        for c in workers:
+            c.stop(deadline - time.time())
         if self.valkey:
             self.valkey.stop()
         if self.postgres:

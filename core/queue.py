@@ -33,7 +33,8 @@ INTERACTIVE_QUEUE = "gatehouse:queue:interactive"
 WAKE_KEY_SUFFIX = ":wake"  # list the gateway LPUSHes a token onto for every job; workers BLPOP it
 OUTPUT_STREAM_PREFIX = "gatehouse:out:"  # one Redis Stream of output events per request
 CANCEL_CHANNEL = "gatehouse:cancel"  # pub/sub: request ids whose client went away or timed out
-WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (unix seconds)
+WORKERS_KEY = "gatehouse:workers"  # sorted set: worker id -> last heartbeat (unix seconds, Redis's clock)
+RUNNING_KEY_PREFIX = "gatehouse:running:"  # hash per worker: job id -> queue score, for the jobs it holds
 SCALING_KEY = "gatehouse:scaling"  # hash: worker id -> JSON of its hybrid-scaling report (seed 004)
 SCALING_INTERVAL_S = 5.0
 BUSY_KEY_PREFIX = "gatehouse:busy:"  # hash per lane: worker id -> jobs it is running (updated each heartbeat)
@@ -42,8 +43,10 @@ ARQ_JOB_PREFIX = "arq:job:"
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
 OUTPUT_TTL_S = 60  # safety net: a stream nobody consumed (reader gone) expires this long after its last write
-HEARTBEAT_INTERVAL_S = 2.0
-HEARTBEAT_FRESH_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0
+WORKER_LEASE_S = 3.0  # a worker whose last heartbeat is older than this is dead: its jobs are reaped
+HEARTBEAT_FRESH_S = WORKER_LEASE_S  # readiness counts the workers whose lease is current
+MAX_TRIES = 2  # a job that produced no output before its worker died runs once more, elsewhere
 
 JobKind = Literal["chat", "completion", "generate", "classify"]
 
@@ -54,6 +57,10 @@ def wake_key(queue: str) -> str:
 
 def output_key(request_id: str) -> str:
     return OUTPUT_STREAM_PREFIX + request_id
+
+
+def running_key(worker_id: str) -> str:
+    return RUNNING_KEY_PREFIX + worker_id
 
 
 def busy_key(lane: str) -> str:
@@ -211,9 +218,11 @@ QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
 # KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix,
 #                            4 most jobs to claim, 5 most queue entries to look at, 6 arq's job key prefix,
-#                            7 arq's retry key prefix, 8 arq's abort zset, 9 retry key TTL (s)
+#                            7 arq's retry key prefix, 8 arq's abort zset, 9 retry key TTL (s),
+#                            10 this worker's running hash (core.leases reaps it if the worker dies)
 # Reads the due jobs and, for each one not already running elsewhere, takes arq's in-progress lock and does
-# what arq's run_job would do next: fetch the job, count the try, take it off the abort set.
+# what arq's run_job would do next: fetch the job, count the try, take it off the abort set. Each job is
+# recorded in the worker's running hash until its end-of-job transaction removes it.
 # Returns a flat list [id, score, payload|nil, try, aborted(0|1), ...] of the jobs this worker now owns: arq's
 # ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's GET/INCR/EXPIRE/ZREM, in one
 # round trip for the whole batch.
@@ -228,6 +237,7 @@ for i = 1, #due, 2 do
   local lock = ARGV[3] .. id
   if redis.call('EXISTS', lock) == 0 then
     redis.call('SET', lock, '1', 'PX', ARGV[2])
+    redis.call('HSET', ARGV[10], id, due[i + 1])
     local tries = redis.call('INCR', ARGV[7] .. id)
     redis.call('EXPIRE', ARGV[7] .. id, ARGV[9])
     out[#out + 1] = id

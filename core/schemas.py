@@ -12,7 +12,7 @@ only cost time.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.queue import JobKind, JobSpec, SamplingParams
 
 MAX_STOP = 4
+MAX_TOKENS = 2**31 - 1  # beyond any context window; the gateway's own max_tokens_limit is usually far lower
+MAX_LOGIT_BIAS = 1024  # entries (each a token id -> a bias in [-100, 100])
 Choice = dict[str, Any]
 Usage = dict[str, int]
 
@@ -87,8 +89,11 @@ class ChatMessage(Wire):
 
 
 class SamplingRequest(JobRequest):
+    """What chat and completions share. Every numeric field is bounded as OpenAI bounds it (``seed``: any
+    int64 or uint64, as torch seeds; temperatures as small as 1e-300 are valid and mean greedy sampling)."""
+
     model: str = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int | None = Field(default=None, ge=1, le=128)
@@ -99,6 +104,8 @@ class SamplingRequest(JobRequest):
     user: str | None = Field(default=None, max_length=256)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None,
+                                                                                       max_length=MAX_LOGIT_BIAS)
 
     @field_validator("stop")
     @classmethod
@@ -128,7 +135,9 @@ class SamplingRequest(JobRequest):
 class ChatCompletionRequest(SamplingRequest):
     kind = "chat"
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -139,6 +148,8 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="after")
     def _non_empty(self) -> CompletionRequest:

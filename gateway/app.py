@@ -17,8 +17,10 @@ from starlette.responses import Response
 from core import __version__
 from core import queue as q
 from core.config import Config
-from gateway.context import RequestContextMiddleware, request_id
-from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, ServiceUnavailable, render
+from gateway.context import RequestContextMiddleware
+from gateway.draining import Drain, DrainMiddleware
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable, from_error_list, render
+from gateway.openapi import DocumentedAPI
 from gateway.routes import classify, generate, health, keys, metrics, openai
 from gateway.services import build_services
 from observability import metrics as prom
@@ -30,7 +32,7 @@ log = logging.getLogger("gatehouse.gateway")
 def create_app(config: Config, master_key: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = await build_services(config, master_key)
+        app.state.services = await build_services(config, master_key, drain)
         prom.prime(q.LANES, app.state.services.models)
         # everything allocated so far lives for the whole process: keep the collector from rescanning it
         gc.collect()
@@ -43,8 +45,9 @@ def create_app(config: Config, master_key: str) -> FastAPI:
         finally:
             await app.state.services.aclose()
 
+    drain = Drain(config.settings.shutdown_grace_s)
     docs = config.settings.expose_docs  # every route but the health probes needs a credential: docs are opt-in
-    app = FastAPI(title="Gatehouse", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
+    app = DocumentedAPI(title="Gatehouse", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.include_router(openai.router)
@@ -63,7 +66,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return render(InvalidRequest("Invalid request parameters."))
+        return render(from_error_list(exc.errors(), located=True))  # a query or path parameter, named
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -82,13 +85,11 @@ def create_app(config: Config, master_key: str) -> FastAPI:
         return render(ServiceUnavailable("The gateway's queue is not reachable; retry shortly.",
                                          headers={"retry-after": "1"}))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        # runs outside RequestContextMiddleware (in Starlette's ServerErrorMiddleware): add the id here
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return render(GatewayError("The gateway had an internal error handling this request."),
-                      request_id(request.scope))
+    # Any other exception: RequestContextMiddleware answers a clean 500 (not Starlette's ServerErrorMiddleware,
+    # which re-raises after answering, so the server drops the connection).
 
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.settings.max_body_bytes,
                        log_access=config.settings.access_log)
+    app.add_middleware(DrainMiddleware, drain=drain)  # outermost: refuses new requests once draining
+    app.state.drain = drain  # the server (gateway.draining.DrainingServer) starts the drain on a signal
     return app

@@ -1,4 +1,5 @@
-"""Per-request context: request ids (header + log records) and the body-size guard, as pure ASGI middleware.
+"""Per-request context: request ids (header + log records), the body-size guard, and the last-resort 500, as
+pure ASGI middleware.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware: it adds no task and no body copy per request.
 """
@@ -10,13 +11,15 @@ import time
 import uuid
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import PayloadTooLarge
+from gateway.errors import GatewayError, PayloadTooLarge
 from observability.http import OTHER_ROUTE, observe_http, route_of
 from observability.logs import request_id_var
 
 access_log = logging.getLogger("gatehouse.access")
+log = logging.getLogger("gatehouse.gateway")
 
 REQUEST_ID_KEY = "gatehouse.request_id"
 STARTED_KEY = "gatehouse.started"  # (time.time(), time.perf_counter()) when the request arrived
@@ -32,7 +35,9 @@ def request_id(scope: Scope) -> str:
 
 class RequestContextMiddleware:
     """Assigns the request id, echoes it on every response, and refuses bodies whose declared length exceeds
-    the limit before reading them.
+    the limit before reading them. An exception nothing else handled is logged once (with its traceback) and
+    answered with a complete JSON 500 when the response has not started, so the connection stays usable and
+    the access log says 500.
 
     The id is always generated here, never taken from the caller: it names the job and its output stream,
     and a caller-chosen id could name someone else's."""
@@ -79,8 +84,24 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            pass  # gone while its body was read: nobody to answer (the access log says 499)
+        except Exception as exc:  # the innermost place that can still answer
+            log.error("unhandled error on %s %s (request %s)", scope["method"], scope["path"], rid, exc_info=exc)
+            if not status:
+                await _answer_500(send_with_id, rid)
+            # else the response has started: returning unfinished makes the server cut it short
         finally:
             elapsed = time.perf_counter() - started
             observe_http(route_of(scope), status or 499, elapsed)
             if self.log_access:
                 access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status or 499, elapsed * 1000)
+
+
+async def _answer_500(send: Send, rid: str) -> None:
+    """A complete JSON 500 (so the connection stays usable), naming the request for the logs."""
+    err = GatewayError(f"The gateway had an internal error handling this request (request id {rid}).")
+    body = orjson.dumps(err.body())
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from core import queue as q
 from gateway.errors import InvalidRequest, QueueFull
 
-FIRST_READ_MS = 1_000
+FIRST_READ_MS = 400  # within the command client's socket timeout (gateway.services.REDIS_TIMEOUT_S)
 UNLINK_EVERY_S = 0.2
 log = logging.getLogger("gatehouse.gateway")
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -86,13 +86,28 @@ class JobQueue:
         self.run_soon(self.cancel(request_id))
 
     def run_soon(self, work: Coroutine[Any, Any, None]) -> None:
-        """Redis work after a response, from code that cannot (or should not) await it."""
-        task = asyncio.get_running_loop().create_task(work)
+        """Redis work after a response, from code that cannot (or should not) await it. A failure (Redis
+        down) is one log line: the work is bookkeeping, and the request is already answered."""
+        task = asyncio.get_running_loop().create_task(_quietly(work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def aclose(self, wait_s: float = 1.0) -> None:
+        """Let the after-response work in flight (cancellations above all: a worker must not run a job whose
+        client is gone) reach Redis before the connection closes, for at most ``wait_s`` seconds."""
+        pending = [*self._background, *([self._unlinker] if self._unlinker else [])]
+        if pending:
+            await asyncio.wait(pending, timeout=wait_s)
+
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.name))
+
+
+async def _quietly(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except Exception as e:  # noqa: BLE001 - after-response bookkeeping: say it failed, never raise
+        log.warning("after-response Redis work failed: %s", type(e).__name__)
 
 
 def entries_of(xread_reply: Any) -> Entries:

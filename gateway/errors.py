@@ -9,14 +9,18 @@
     ├── PayloadTooLarge (413)
     ├── RateLimited (429 rate_limit_exceeded)
     ├── UpstreamError (502 / upstream's own 4xx)
-    ├── ServiceUnavailable (503) ── QueueFull (503 queue_full, retry-after)
+    ├── ServiceUnavailable (503) ─┬ QueueFull (503 queue_full, retry-after)
+    │                             └ DatabaseUnavailable (503 database_unavailable, retry-after; gateway.db)
     └── GatewayTimeout (504 timeout)
 
 Body: ``{"error": {"message", "type", "param", "code"}}``. Messages never contain credentials or tracebacks.
+Anything else raised while handling a request is a bug: gateway.context answers it with a plain 500 of this
+shape (naming the request id) and logs the traceback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -128,8 +132,16 @@ class GatewayTimeout(GatewayError):
 
 def from_validation_error(err: ValidationError) -> InvalidRequest:
     """The first pydantic error as an OpenAI 400 naming the parameter."""
-    first = err.errors(include_url=False, include_input=False)[0]
-    loc = [str(p) for p in first["loc"] if p not in ("body",)]
+    return from_error_list(err.errors(include_url=False, include_input=False))
+
+
+def from_error_list(errors: Sequence[Any], *, located: bool = False) -> InvalidRequest:
+    """The first of pydantic's error dicts as an OpenAI 400. ``located``: FastAPI's, whose location starts
+    with where the parameter was (``query``, ``path``, ``body``...)."""
+    if not errors:
+        return InvalidRequest("Invalid request parameters.")
+    first = errors[0]
+    loc = [str(p) for p in first["loc"][1 if located else 0:] if p != "body"]
     param = ".".join(loc).replace(".[", "[") or None
     kind = first["type"]
     if kind == "missing":

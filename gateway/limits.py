@@ -29,36 +29,37 @@ SPEND_PREFIX = "gatehouse:spend:"
 
 # KEYS, per scope (6): rpm current, rpm previous, tpm current, tpm previous, in-flight zset, spend counter
 # ARGV: now_ms, window_ms, request id, in-flight ttl_ms, then per scope (4): rpm, tpm, parallel, budget (-1 = none)
-# Returns {0, remaining requests, remaining tokens} or {code, scope index, retry-after ms} with code
-# 1 rpm, 2 tpm, 3 parallel, 4 budget; 5 means a budget counter is missing (the caller loads it and retries).
+# Returns {0, 0, 0, remaining requests, remaining tokens} or {code, scope index, retry-after ms, remaining
+# requests, remaining tokens} with code 1 rpm, 2 tpm, 3 parallel, 4 budget; 5 means a budget counter is missing
+# (the caller loads it and retries). The remaining counts are the first scope's (the caller's own), as they
+# would be after this request: the same x-ratelimit-* headers go on a 429 as on a 200.
 LIMIT_LUA = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local weight = 1 - (now % window) / window
 local scopes = #KEYS / 6
 local remaining_r, remaining_t = -1, -1
+local function used(current, previous)
+  return tonumber(redis.call('GET', previous) or '0') * weight + tonumber(redis.call('GET', current) or '0')
+end
+if tonumber(ARGV[5]) >= 0 then remaining_r = math.max(0, math.floor(tonumber(ARGV[5]) - used(KEYS[1], KEYS[2]) - 1)) end
+if tonumber(ARGV[6]) >= 0 then remaining_t = math.max(0, math.floor(tonumber(ARGV[6]) - used(KEYS[3], KEYS[4]))) end
 for s = 0, scopes - 1 do
   local k, a = s * 6, 5 + s * 4
   local rpm, tpm, par, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if rpm >= 0 then
-    local used = tonumber(redis.call('GET', KEYS[k + 2]) or '0') * weight
-      + tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-    if used + 1 > rpm then return {1, s, window - now % window} end
-    if s == 0 then remaining_r = math.floor(rpm - used - 1) end
+  if rpm >= 0 and used(KEYS[k + 1], KEYS[k + 2]) + 1 > rpm then
+    return {1, s, window - now % window, remaining_r, remaining_t}
   end
-  if tpm >= 0 then
-    local used = tonumber(redis.call('GET', KEYS[k + 4]) or '0') * weight
-      + tonumber(redis.call('GET', KEYS[k + 3]) or '0')
-    if used >= tpm then return {2, s, window - now % window} end
-    if s == 0 then remaining_t = math.floor(tpm - used) end
+  if tpm >= 0 and used(KEYS[k + 3], KEYS[k + 4]) >= tpm then
+    return {2, s, window - now % window, remaining_r, remaining_t}
   end
   if par >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 5], '-inf', now)
-    if redis.call('ZCARD', KEYS[k + 5]) >= par then return {3, s, 1000} end
+    if redis.call('ZCARD', KEYS[k + 5]) >= par then return {3, s, 1000, remaining_r, remaining_t} end
   end
   if budget >= 0 then
     local spent = redis.call('GET', KEYS[k + 6])
-    if not spent then return {5, s, 0} end
-    if tonumber(spent) >= budget then return {4, s, 0} end
+    if not spent then return {5, s, 0, remaining_r, remaining_t} end
+    if tonumber(spent) >= budget then return {4, s, 0, remaining_r, remaining_t} end
   end
 end
 for s = 0, scopes - 1 do
@@ -72,7 +73,7 @@ for s = 0, scopes - 1 do
     redis.call('PEXPIRE', KEYS[k + 5], tonumber(ARGV[4]) + window)
   end
 end
-return {0, remaining_r, remaining_t}
+return {0, 0, 0, remaining_r, remaining_t}
 """
 
 
@@ -143,13 +144,16 @@ class Limiter:
             args: list[int | float | str] = [int(now * 1000), WINDOW_MS, request_id, self.inflight_ttl_ms]
             for sc in scopes:
                 args += [_or(sc.rpm), _or(sc.tpm), _or(sc.parallel), _or(sc.budget)]
-            code, a, b = await self._script(keys=self._keys(scopes, now), args=args)
+            code, a, b, remaining_r, remaining_t = await self._script(keys=self._keys(scopes, now), args=args)
             if code == 5:  # a budget counter is not in Redis yet (new period, or Redis restarted)
                 await self._load_spend(scopes[int(a)], now)
                 continue
+            headers = _headers(scopes[0], int(remaining_r), int(remaining_t), now)
             if code:
-                raise _refusal(int(code), scopes[int(a)], float(b))
-            return Admission(request_id, scopes, _headers(scopes[0], int(a), int(b), now))
+                err = _refusal(int(code), scopes[int(a)], float(b))
+                err.headers = {**headers, **err.headers}
+                raise err
+            return Admission(request_id, scopes, headers)
         raise RateLimited("The spend counter could not be loaded; retry shortly.", headers={"retry-after": "1"})
 
     async def _load_spend(self, scope: Scope, now: float) -> None:

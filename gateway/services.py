@@ -6,7 +6,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
@@ -16,30 +15,35 @@ from core.pricing import FREE, Price, price_list
 from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
-from gateway.db.migrate import migrate
+from gateway.db.database import Database, DatabaseUnavailable
+from gateway.draining import Drain
 from gateway.enqueue import JobQueue
-from gateway.errors import ServiceUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.store import KeyStore
 from gateway.limits import Limiter, Scope
+from gateway.reaper import Reaper
 from gateway.spend import PgSpendLoader, SpendRecorder
 
 log = logging.getLogger("gatehouse.gateway")
+REDIS_TIMEOUT_S = 0.9  # one command (or the enqueue's pipelined first read) waits at most this long
 
 
 @dataclass
 class Services:
     config: Config
-    redis: Redis
+    redis: Redis  # commands, each bounded by REDIS_TIMEOUT_S: a stalled Redis costs a 503, not a hang
+    streams: Redis  # blocking reads (output streams, pub/sub): no socket timeout, each read bounds itself
     queue: JobQueue
     auth: Authenticator
-    db: asyncpg.Pool | None
+    db: Database | None
     models: dict[str, ModelEntry]
     keys: KeyCache
     limiter: Limiter
     spend: SpendRecorder
     prices: dict[str, Price]
     team_scopes: dict[str, Scope]  # from the config's gatehouse.teams, built once
+    reaper: Reaper
+    drain: Drain
     tracing: bool = False  # Langfuse configured: jobs carry a trace context for the worker's trace
     started_at: float = field(default_factory=time.time)
 
@@ -56,20 +60,15 @@ class Services:
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         return self.prices.get(model, FREE).cost(prompt_tokens, completion_tokens)
 
-    async def database(self) -> asyncpg.Pool | None:
-        """The PostgreSQL pool, (re)trying to open it (and migrate) if start-up could not."""
-        if self.db is None and self.config.settings.database_url:
-            self.db = await open_db(self.config.settings.database_url)
-            if self.db is not None:
-                self.keys.store = KeyStore(self.db)
-                self.spend.pool = self.db
+    async def database(self) -> Database | None:
+        """PostgreSQL (None when none is configured). Its calls are bounded and answer 503
+        database_unavailable while it is unreachable; it connects (and migrates) once it is back."""
         return self.db
 
     async def key_store(self) -> KeyStore:
-        """The key store, or 503 when PostgreSQL is not reachable."""
-        if await self.database() is None or self.keys.store is None:
-            raise ServiceUnavailable("The key database is not reachable; try again shortly.",
-                                     code="database_unavailable")
+        """The key store, or 503 when there is no database to keep keys in."""
+        if self.keys.store is None:
+            raise DatabaseUnavailable("No key database is configured (set DATABASE_URL).")
         return self.keys.store
 
     async def aclose(self) -> None:
@@ -77,7 +76,10 @@ class Services:
             await self.auth.jwt.aclose()
         await self.spend.aclose()
         await self.keys.aclose()
+        await self.reaper.aclose()
+        await self.queue.aclose()
         await self.redis.aclose()
+        await self.streams.aclose()
         if self.db is not None:
             await self.db.close()
 
@@ -87,33 +89,34 @@ def services(request: Request) -> Services:
     return svc
 
 
-def redis_client(url: str, max_connections: int = 4096) -> Redis:
-    """One pool for enqueues and the blocking stream reads (each in-flight read holds a connection)."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+def redis_client(url: str, max_connections: int = 4096, socket_timeout: float | None = REDIS_TIMEOUT_S) -> Redis:
+    """A pool of connections (each in-flight blocking read holds one); connecting is bounded by
+    REDIS_TIMEOUT_S, and so is every reply when ``socket_timeout`` is set."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
+                                           socket_timeout=socket_timeout, socket_connect_timeout=REDIS_TIMEOUT_S)
     return Redis(connection_pool=pool)
 
 
-async def open_db(url: str | None) -> asyncpg.Pool | None:
+async def open_db(url: str | None) -> Database | None:
+    """The database (None without a URL), connected and migrated now if the server answers, else later."""
     if not url:
         return None
-    try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=8, command_timeout=5, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-        log.warning("PostgreSQL is not reachable yet (%s); readiness will report it", type(e).__name__)
-        return None
-    async with pool.acquire() as conn:
-        await migrate(conn)
-    return pool
+    db = Database(url)
+    await db.open()
+    return db
 
 
-async def build_services(config: Config, master_key: str) -> Services:
+async def build_services(config: Config, master_key: str, drain: Drain | None = None) -> Services:
     s = config.settings
     if not s.redis_url:
         raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
     redis = redis_client(s.redis_url)
+    streams = redis_client(s.redis_url, socket_timeout=None)
     db = await open_db(s.database_url)
-    keys = KeyCache(KeyStore(db) if db is not None else None, redis)
+    keys = KeyCache(KeyStore(db) if db is not None else None, redis, listen_redis=streams)
     keys.start()
+    reaper = Reaper(redis)
+    reaper.start()
     spend = SpendRecorder()
     spend.start(db)
     models = config.models()
@@ -121,6 +124,9 @@ async def build_services(config: Config, master_key: str) -> Services:
     svc = Services(
         config=config,
         redis=redis,
+        streams=streams,
+        reaper=reaper,
+        drain=drain or Drain(s.shutdown_grace_s),
         queue=JobQueue(redis, max_depth=s.queue_max_depth),
         auth=Authenticator(master_key, keys, jwt),
         db=db,

@@ -145,14 +145,14 @@ class Generation:
                 if first and (ev := q.unpack_events(first[0][1][q.EVENT_FIELD])[0])["k"] == "error":
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 outcome.started = request.scope[STARTED_KEY][1]
-                batches = read_batches(self.svc.redis, rid, spec.deadline, first)
+                batches = read_batches(self.svc.streams, rid, spec.deadline, first, self.svc.drain)
                 body_iter = self._guarded_stream(rid, sse_stream(batches, shape, req.include_usage(), outcome),
                                                  admission, model, outcome)
                 return SSEResponse(body_iter, headers={**SSE_HEADERS, **headers})
         except BaseException:
             self._account(admission, model, rid, outcome)
             raise
-        events = read_events(self.svc.redis, rid, spec.deadline, first)
+        events = read_events(self.svc.streams, rid, spec.deadline, first, self.svc.drain)
         result = await self._collect_or_cancel(request, rid, events, shape, kind, admission, model, outcome,
                                                watch=not _has_end(first))
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
@@ -192,7 +192,7 @@ class Generation:
                            time.perf_counter(), outcome.tokens()[1])
         finally:
             # not finished: the client went away (Starlette cancels us) or a read failed
-            self._settle(rid, finished)
+            self._settle(rid, finished and not outcome.cut)
             self._account(admission, model, rid, outcome)
 
     def _account(self, admission: Admission | None, model: str, rid: str, outcome: Outcome) -> None:

@@ -129,3 +129,99 @@ def test_random_bytes_get_openai_4xx(stack, raw: bytes, path: str) -> None:  # t
     assert 200 <= r.status_code < 500, r.text
     if r.status_code >= 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# ── the issue's fuzz findings: values too big for their column, NUL bytes, huge durations and pages ──────────
+def _admin_post(stack, path: str, body: object) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.post(stack.base_url + path, json=body, timeout=30,
+                      headers={"authorization": f"Bearer {stack.master_key}"})
+
+
+def _admin_get(stack, path: str, **params: object) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.get(stack.base_url + path, params=params, timeout=30,  # type: ignore[arg-type]
+                     headers={"authorization": f"Bearer {stack.master_key}"})
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"rpm_limit": 2**31}, "rpm_limit"),
+    ({"tpm_limit": 10**12}, "tpm_limit"),
+    ({"max_parallel_requests": 9_999_999_999}, "max_parallel_requests"),
+    ({"rpm_limit": 1e29}, "rpm_limit"),
+    ({"max_budget": 1e307}, "max_budget"),
+    ({"max_budget": 1e12}, "max_budget"),
+    ({"max_budget": -0.5}, "max_budget"),
+    ({"duration": "99999999d"}, "duration"),
+    ({"duration": "9" * 5000 + "s"}, "duration"),
+    ({"budget_duration": "36501d"}, "budget_duration"),
+    ({"key_alias": "a\x00b"}, "key_alias"),
+    ({"team_id": "\x00"}, "team_id"),
+    ({"user_id": "u\x00"}, "user_id"),
+    ({"models": ["echo", "x\x00"]}, "models"),
+    ({"metadata": {"a": [{"b": "c\x00"}]}}, "metadata"),
+    ({"metadata": {"k\x00": 1}}, "metadata"),
+    ({"metadata": {"big": "x" * 70_000}}, "metadata"),
+    ({"expires": "0001-01-01T00:00:00+01:00"}, "expires"),
+    ({"key_alias": "x" * 257}, "key_alias"),
+])
+def test_key_fields_out_of_range_are_400_naming_the_field(stack, body: dict, param: str) -> None:  # type: ignore[no-untyped-def]
+    for path, extra in (("/key/generate", {}), ("/key/update", {"key": "ak-0000000000000000"})):
+        _assert_openai_error(_admin_post(stack, path, {**extra, **body}), 400, param=param)
+
+
+def test_nul_is_named_where_it_is(stack) -> None:  # type: ignore[no-untyped-def]
+    r = _admin_post(stack, "/key/generate", {"metadata": {"a": [{"b": "c\x00"}]}})
+    assert "metadata.a[0].b" in r.json()["error"]["message"], r.text
+
+
+def test_limits_at_their_bounds_are_accepted(stack) -> None:  # type: ignore[no-untyped-def]
+    r = _admin_post(stack, "/key/generate", {"rpm_limit": 2**31 - 1, "tpm_limit": 2**31 - 1, "duration": "36500d",
+                                             "max_parallel_requests": 2**31 - 1, "max_budget": 1e11,
+                                             "budget_duration": "36500d", "expires": "9999-12-31T23:59:59",
+                                             "metadata": {"deep": [[[{"ok": 1.5e300}]]]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["rpm_limit"] == 2**31 - 1 and r.json()["max_budget"] == 1e11
+
+
+@pytest.mark.parametrize("path, params, param", [
+    ("/key/list", {"page": 10**30}, "page"),
+    ("/key/list", {"page": 0}, "page"),
+    ("/key/list", {"size": 1001}, "size"),
+    ("/key/list", {"page": "x"}, "page"),
+    ("/key/list", {"team_id": "t\x00"}, "team_id"),
+    ("/key/info", {"key": "ak-\x00"}, "key"),
+    ("/key/info", {"key": "ak-0123"}, "key"),
+    ("/spend/daily", {"team_id": "t\x00"}, "team_id"),
+    ("/spend/daily", {"days": 10**20}, "days"),
+])
+def test_key_query_parameters_out_of_range(stack, path: str, params: dict, param: str) -> None:  # type: ignore[no-untyped-def]
+    _assert_openai_error(_admin_get(stack, path, **params), 400, param=param)
+
+
+def test_a_huge_last_page_is_empty(stack) -> None:  # type: ignore[no-untyped-def]
+    r = _admin_get(stack, "/key/list", page=1_000_000, size=1000)
+    assert r.status_code == 200 and r.json()["keys"] == [] and r.json()["total_count"] >= 1, r.text
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"logit_bias": {"50256": 101}}, "logit_bias.50256"),
+    ({"top_logprobs": 21}, "top_logprobs"),
+    ({"seed": 2**64}, "seed"),
+    ({"max_tokens": 2**31}, "max_tokens"),
+    ({"presence_penalty": -2.5}, "presence_penalty"),
+])
+def test_sampling_bounds(stack, extra: dict, param: str) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "chargpt", "messages": [{"role": "user", "content": "x"}], **extra}
+    _assert_openai_error(_admin_post(stack, "/v1/chat/completions", body), 400, param=param)
+
+
+def test_a_vanishing_temperature_is_greedy(stack) -> None:  # type: ignore[no-untyped-def]
+    """The fuzz run's chargpt failure: logits / 1e-131 overflow; such a temperature now samples the argmax."""
+    msgs = [{"role": "user", "content": "The "}]
+    tiny = _admin_post(stack, "/v1/chat/completions", {"model": "chargpt", "messages": msgs, "max_tokens": 12,
+                                                       "temperature": 1e-131, "seed": 1})
+    zero = _admin_post(stack, "/v1/chat/completions", {"model": "chargpt", "messages": msgs, "max_tokens": 12,
+                                                       "temperature": 0, "seed": 2})
+    assert tiny.status_code == 200 and zero.status_code == 200, (tiny.text, zero.text)
+    assert tiny.json()["choices"][0]["message"]["content"] == zero.json()["choices"][0]["message"]["content"]
+    gen = _admin_post(stack, "/generate", {"temperature": 5e-324, "num_chars": 10})
+    assert gen.status_code == 200 and len(gen.json()["generated_text"]) == 10, gen.text

@@ -239,3 +239,18 @@ def test_no_credential_reaches_logs_or_error_messages(stack) -> None:  # type: i
     for secret in (k["key"], k["key_secret"], k["key_secret"][3:], basic, token, token.split(".")[2], JWT_SECRET,
                    stack.master_key, "sk-upstream-secret"):
         assert secret not in everything
+
+
+def test_a_429_carries_the_same_rate_limit_headers_as_a_200(stack) -> None:  # type: ignore[no-untyped-def]
+    k = create_key(stack, rpm_limit=1, tpm_limit=1000)
+    h = {"authorization": f"Bearer {k['key']}"}
+    ok = httpx.post(stack.base_url + "/v1/chat/completions", headers=h, json={"model": "echo", "messages": MSG})
+    refused = httpx.post(stack.base_url + "/v1/chat/completions", headers=h, json={"model": "echo", "messages": MSG})
+    assert ok.status_code == 200 and refused.status_code == 429, refused.text
+    names = {n for n in ok.headers if n.startswith("x-ratelimit-")}
+    assert names == {f"x-ratelimit-{w}-{u}" for w in ("limit", "remaining", "reset") for u in ("requests", "tokens")}
+    assert {n for n in refused.headers if n.startswith("x-ratelimit-")} == names
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert "retry-after" in refused.headers

@@ -70,7 +70,11 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
 
     r = sync_redis.Redis.from_url(stack.redis_url)
     fake_ids = {f"blocker-{i}": time.time() * 1000 + 3_600_000 for i in range(2_000)}  # scheduled far ahead
-    r.zadd(q.INTERACTIVE_QUEUE, fake_ids)
+    with r.pipeline(transaction=False) as pipe:  # real jobs (a queue entry without its job is swept as expired)
+        for job_id in fake_ids:
+            pipe.set(q.ARQ_JOB_PREFIX + job_id, b"{}", ex=60)
+        pipe.zadd(q.INTERACTIVE_QUEUE, fake_ids)
+        pipe.execute()
     try:
         resp = httpx.post(stack.base_url + "/v1/chat/completions", headers=_auth(stack),
                           json={"model": "fake", "messages": [{"role": "user", "content": "x"}]})
@@ -81,6 +85,7 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
             stack.client().chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
     finally:
         r.zrem(q.INTERACTIVE_QUEUE, *fake_ids)
+        r.delete(*(q.ARQ_JOB_PREFIX + job_id for job_id in fake_ids))
 
 
 async def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]

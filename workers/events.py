@@ -9,12 +9,16 @@ renewed once half of it has passed (and by the end-of-job transaction), not by e
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import queue as q
 
+log = logging.getLogger("gatehouse.worker")
 
 class EventWriter:
     def __init__(self, redis: Redis, request_id: str, ttl_s: int = q.OUTPUT_TTL_S):
@@ -52,6 +56,9 @@ class EventWriter:
     async def settle(self) -> list[bytes]:
         """Wait for the write in flight (if any); return and forget what is still buffered."""
         if self._flusher is not None:
-            await self._flusher
+            try:
+                await self._flusher
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:  # its reader has lost Redis too
+                log.warning("could not write output events: Redis is unreachable (%s)", type(e).__name__)
         rest, self._buf = self._buf, []
         return rest

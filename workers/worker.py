@@ -29,13 +29,15 @@ from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core import leases
 from core import queue as q
 from core.config import Config
 from core.pricing import price_list
 from observability import metrics
 from observability.jobs import JobObserver
-from workers.backends import BackendError, Backends
+from workers.backends import Backends
 from workers.events import EventWriter
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState, state_of
@@ -45,10 +47,7 @@ if TYPE_CHECKING:
     from observability.tracing import Tracer
 
 log = logging.getLogger("gatehouse.worker")
-
-
-WORKER_LOST = BackendError(502, "The worker running this request stopped before it finished.",
-                           type_="server_error", code="worker_lost")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Claimed(NamedTuple):
@@ -65,11 +64,17 @@ class GatehouseWorker(Worker):
     worker_id: str
     _slot_freed: asyncio.Event
     _claim: AsyncScript
+    _beat: AsyncScript
+    _reap: AsyncScript
     _claimed: dict[str, Claimed]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._claimed = {}  # job id -> what the claim script fetched for it, until run_job takes it
+        self._handed_back: set[str] = set()  # jobs cut short by shutdown: settled by hand_back, not finish_job
+        self._unfinished: list[str] = []  # jobs whose end-of-job bookkeeping met a Redis outage
+        self._redis_down_since: float | None = None
 
     @property
     def state(self) -> WorkerState:
@@ -82,13 +87,15 @@ class GatehouseWorker(Worker):
                                            expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
         self._claim = self.pool.register_script(q.CLAIM_LUA)
+        self._beat = self.pool.register_script(leases.HEARTBEAT_LUA)
+        self._reap = self.pool.register_script(leases.REAP_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
         gc.collect()
         gc.freeze()  # models and clients live as long as the process: keep the collector off them
         gc.set_threshold(20_000, 50, 100)  # fewer young-generation passes under load
         self._slot_freed = asyncio.Event()
-        side_tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._listen_cancels())]
+        side_tasks = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._listen_cancels())]
         if self.state.backends.scaler is not None:
             side_tasks.append(asyncio.create_task(self._scale(self.state.backends.scaler)))
         log.info("worker %s ready on %s (max %d concurrent jobs)", self.worker_id, self.queue_name, self.max_jobs)
@@ -96,25 +103,42 @@ class GatehouseWorker(Worker):
             wake = q.wake_key(self.queue_name)
             use_lmpop = True
             while True:
-                await self._poll_iteration()
-                if self.burst and not self.tasks and await self.pool.zcard(self.queue_name) == 0:
-                    return
-                free = self.max_jobs - self.job_counter
-                if free <= 0 or not self.allow_pick_jobs:
-                    self._slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_freed.wait(), self.poll_delay_s)
-                    continue
                 try:
-                    if use_lmpop:
-                        await self._command("BLMPOP", self.poll_delay_s, 1, wake, "LEFT", "COUNT", free)
-                    else:
-                        await self._command("BLPOP", wake, self.poll_delay_s)
-                except ResponseError:  # Redis < 7 has no BLMPOP
-                    use_lmpop = False
+                    await self._poll_iteration()
+                    if self.burst and not self.tasks and await self.pool.zcard(self.queue_name) == 0:
+                        return
+                    free = self.max_jobs - self.job_counter
+                    if free <= 0 or not self.allow_pick_jobs:
+                        self._slot_freed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._slot_freed.wait(), self.poll_delay_s)
+                        continue
+                    try:
+                        if use_lmpop:
+                            await self._command("BLMPOP", self.poll_delay_s, 1, wake, "LEFT", "COUNT", free)
+                        else:
+                            await self._command("BLPOP", wake, self.poll_delay_s)
+                    except ResponseError:  # Redis < 7 has no BLMPOP
+                        use_lmpop = False
+                    self._redis_back()
+                except REDIS_DOWN as e:
+                    await self._redis_lost(e)
         finally:
             for t in side_tasks:
                 t.cancel()
+
+    async def _redis_lost(self, e: BaseException) -> None:
+        """Redis is unreachable: say so once, keep running jobs, and try again with a growing pause."""
+        now = time.monotonic()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            log.error("Redis is unreachable (%s); retrying until it is back", type(e).__name__)
+        await asyncio.sleep(min(2.0, 0.25 + (now - self._redis_down_since) / 4))
+
+    def _redis_back(self) -> None:
+        if self._redis_down_since is not None:
+            log.warning("Redis is reachable again after %.1f s", time.monotonic() - self._redis_down_since)
+            self._redis_down_since = None
 
     async def _command(self, *args: Any) -> Any:
         """A raw Redis command: BLMPOP has no redis-py method, and its BLPOP stub takes whole seconds only
@@ -129,7 +153,8 @@ class GatehouseWorker(Worker):
             claimed = await self._claim(keys=[self.queue_name],
                                         args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000),
                                               in_progress_key_prefix, free, self.queue_read_limit, job_key_prefix,
-                                              retry_key_prefix, abort_jobs_ss, q.RETRY_KEY_TTL_S])
+                                              retry_key_prefix, abort_jobs_ss, q.RETRY_KEY_TTL_S,
+                                              q.running_key(self.worker_id)])
             for i in range(0, len(claimed), q.CLAIM_FIELDS):
                 job_id, score, payload, tries, aborted = claimed[i:i + q.CLAIM_FIELDS]
                 job_id = job_id.decode()
@@ -168,20 +193,32 @@ class GatehouseWorker(Worker):
                 self.jobs_complete += 1
             except asyncio.CancelledError:
                 self.jobs_failed += 1
-                if job_id not in self.aborting_tasks:
-                    raise  # the worker is shutting down: arq's close() waits for this
+                if job_id not in self.aborting_tasks:  # the worker is stopping: hand_back settles the job
+                    self.state.final_events.pop(job_id, None)
+                    self._handed_back.add(job_id)
+                    log.info("job %s stopped before it finished; handed back", job_id)
+                    return
                 self.aborting_tasks.discard(job_id)
                 log.info("job %s aborted", job_id)
             except TimeoutError:
                 self.jobs_failed += 1
                 log.warning("job %s passed the worker's job timeout (%.0f s)", job_id, self.job_timeout_s)
+            except REDIS_DOWN as e:
+                self.jobs_failed += 1
+                log.warning("job %s lost Redis while running (%s)", job_id, type(e).__name__)
             except Exception:
                 self.jobs_failed += 1
                 log.exception("job %s failed", job_id)  # run_request handles its own errors: this is a bug
             finally:
                 self.job_tasks.pop(job_id, None)
         finally:
-            await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
+            if job_id in self._handed_back:
+                self._handed_back.discard(job_id)
+            else:
+                try:
+                    await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
+                except REDIS_DOWN:  # its client has lost Redis too: clean up once Redis is back
+                    self._unfinished.append(job_id)
 
     def _job_args(self, job_id: str, claim: Claimed) -> list[Any] | None:
         """The job's arguments, or None (and why, logged) when it cannot run."""
@@ -193,7 +230,7 @@ class GatehouseWorker(Worker):
             return None
         if claim.tries > self.max_tries:
             log.warning("job %s was already tried %d time(s); not running it again", job_id, claim.tries - 1)
-            self.state.final_events[job_id] = [WORKER_LOST.event(), q.END_EVENT]  # its client is still waiting
+            self.state.final_events[job_id] = [leases.LOST_EVENT, q.END_EVENT]  # its client is still waiting
             return None
         job = q.loads(claim.payload)
         if job.get("f") != q.JOB_FUNCTION:
@@ -218,17 +255,21 @@ class GatehouseWorker(Worker):
     async def _finish_job(self, job_id: str, events: list[bytes] | None, finish: bool, result_data: bytes | None,
                           result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
                           keep_in_progress: float | None) -> None:
-        if events is None or not finish or result_data is not None or keep_in_progress is not None:
+        running = q.running_key(self.worker_id)
+        if not finish or result_data is not None or keep_in_progress is not None:
             if events:
                 await EventWriter(self.pool, job_id).write(events)
             await super().finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever,
                                      incr_score, keep_in_progress)
+            await self._command("HDEL", running, job_id)
             return
         out = q.output_key(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
-            tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
-            tr.expire(out, q.OUTPUT_TTL_S)
+            if events:
+                tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
+                tr.expire(out, q.OUTPUT_TTL_S)
             tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
+            tr.hdel(running, job_id)
             tr.zrem(abort_jobs_ss, job_id)
             tr.zrem(self.queue_name, job_id)
             await tr.execute()
@@ -237,21 +278,44 @@ class GatehouseWorker(Worker):
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
-    async def _heartbeat(self) -> None:
+    async def _keep_lease(self) -> None:
+        """Beat every HEARTBEAT_INTERVAL_S, then reap the jobs of workers whose lease ran out (core.leases)."""
+        busy = q.busy_key(q.lane_of(self.queue_name))
+        first = True
         while True:
             try:
-                now = time.time()
-                busy = q.busy_key(q.lane_of(self.queue_name))
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    pipe.zadd(q.WORKERS_KEY, {self.worker_id: now})
-                    pipe.zremrangebyscore(q.WORKERS_KEY, "-inf", now - 60)
-                    pipe.hset(busy, self.worker_id, str(self.job_counter))
-                    pipe.expire(busy, 60)
-                    await pipe.execute()
-            except Exception as e:  # noqa: BLE001 - keep beating through Redis blips
-                log.warning("heartbeat failed: %s", type(e).__name__)
+                added = await self._beat(keys=[q.WORKERS_KEY, busy], args=[self.worker_id, self.job_counter])
+                if added and not first:
+                    self._declared_dead()
+                first = False
+                while self._unfinished:
+                    await self.finish_job(self._unfinished[-1], True, None, 0, False, None, None)
+                    self._unfinished.pop()
+                done = leases.reaped(await self._reap(keys=leases.reap_keys(self.queue_name), args=leases.reap_args()))
+                if done:
+                    log.warning("reaped: %s", done.describe())
+            except Exception as e:  # noqa: BLE001 - keep beating through Redis blips (the main loop reports them)
+                log.debug("heartbeat failed: %s", type(e).__name__)
             self.state.observer.sample_pool(self.state.backends.entropy_pool)
             await asyncio.sleep(q.HEARTBEAT_INTERVAL_S)
+
+    def _declared_dead(self) -> None:
+        """Another process reaped this worker (its beats stopped for a whole lease: a stall, a network split):
+        its jobs were re-queued or ended for their clients, so stop them without writing anything more."""
+        log.error("this worker missed its lease and was declared dead; dropping its %d running job(s)",
+                  len(self.job_tasks))
+        for job_id, task in list(self.job_tasks.items()):
+            self._handed_back.add(job_id)
+            self.aborting_tasks.discard(job_id)
+            task.cancel()
+
+    async def hand_back(self) -> None:
+        """At shutdown: jobs cut short go back to the queue (no output yet) or end with ``worker_stopped``."""
+        done = leases.reaped(await self._reap(keys=leases.reap_keys(self.queue_name),
+                                              args=leases.reap_args(worker_id=self.worker_id,
+                                                                    event=leases.STOPPED_EVENT)))
+        if done.requeued or done.ended:
+            log.info("handed back %d job(s) to the queue; %d ended with worker_stopped", done.requeued, done.ended)
 
     async def _scale(self, scaler: HybridScaler) -> None:
         """Hybrid scaling: apply changed scaledown windows, publish the report for the gateway's /health."""
@@ -274,10 +338,12 @@ class GatehouseWorker(Worker):
                 log.warning("could not publish the scaling report: %s", type(e).__name__)
 
     async def _listen_cancels(self) -> None:
+        failing = False
         while True:
             pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(q.CANCEL_CHANNEL)
+                failing = False
                 async for msg in pubsub.listen():
                     rid = msg["data"].decode() if isinstance(msg["data"], bytes) else str(msg["data"])
                     task = self.job_tasks.get(rid)
@@ -287,23 +353,19 @@ class GatehouseWorker(Worker):
                         task.cancel()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001
-                log.warning("cancel listener reconnecting after %s", type(e).__name__)
+            except Exception as e:  # noqa: BLE001 - reconnect; said once per outage
+                if not failing:
+                    log.warning("cancel listener reconnecting after %s", type(e).__name__)
+                failing = True
                 await asyncio.sleep(0.5)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
-
-    async def forget(self) -> None:
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.zrem(q.WORKERS_KEY, self.worker_id)
-            pipe.hdel(q.busy_key(q.lane_of(self.queue_name)), self.worker_id)
-            await pipe.execute()
 
     async def close(self) -> None:
         """arq's shutdown, tolerating a Redis that is already gone (e.g. Ctrl-C reached it first)."""
         try:
             await super().close()
-        except (RedisConnectionError, OSError) as e:
+        except REDIS_DOWN as e:
             log.warning("Redis was unreachable during shutdown (%s); nothing left to clean up there",
                         type(e).__name__)
             if STATE_KEY in self.ctx:
@@ -342,8 +404,11 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         await backends.aclose()
         if tracer is not None:
             await asyncio.to_thread(tracer.shutdown)  # flush what is queued, bounded by its shutdown timeout
-        with contextlib.suppress(RedisConnectionError, OSError):
-            await worker.forget()
+        try:
+            await asyncio.wait_for(worker.hand_back(), 5)
+        except (*REDIS_DOWN, TimeoutError) as e:
+            log.warning("could not hand back unfinished jobs (%s); the other workers will reap them",
+                        type(e).__name__)
 
     settings = RedisSettings.from_dsn(s.redis_url)
     settings.max_connections = s.worker_concurrency + 16
@@ -357,14 +422,13 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         max_jobs=s.worker_concurrency,
         job_timeout=s.request_timeout_s + 5,
         keep_result=0,
-        max_tries=1,
+        max_tries=q.MAX_TRIES,
         retry_jobs=False,
         poll_delay=0.5,
-        job_completion_wait=30,
+        job_completion_wait=int(s.shutdown_grace_s),
         health_check_interval=10,
         job_serializer=q.dumps,
         job_deserializer=q.loads,
         log_results=False,
     )
-    worker.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     return worker

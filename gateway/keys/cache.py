@@ -4,9 +4,13 @@
   which bounds how long a revoked key keeps working on any replica even if a notification is lost.
 - Revocations and updates also ``PUBLISH`` the key id on ``INVALIDATE_CHANNEL``; every gateway drops its
   local entry at once, so in practice a revocation takes effect within one Redis round trip.
-- Redis holds the record (JSON, with the secret's hash) for ``REDIS_TTL_S`` so a cold replica or an expired
-  local entry does not hit PostgreSQL; unknown ids are cached as misses too, so random keys cannot hammer
-  the database.
+- Redis holds the record (JSON, with the secret's hash) so a cold replica or an expired local entry does not
+  hit PostgreSQL: fresh for ``REDIS_TTL_S``, then kept as a stale copy until ``STALE_TTL_S``. Unknown ids are
+  cached as misses too (``REDIS_TTL_S``), so random keys cannot hammer the database.
+- PostgreSQL down or paused: a key seen before keeps working from its stale copy (Redis's, or this process's
+  last entry). Only PostgreSQL can revoke or change a key, and every change deletes the copies, so a stale
+  copy is what PostgreSQL would say. An id with no copy gets 503 ``database_unavailable``: it cannot be told
+  apart from a wrong one.
 """
 
 from __future__ import annotations
@@ -16,29 +20,29 @@ import base64
 import logging
 import time
 
-import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from gateway.errors import ServiceUnavailable
+from gateway.db.database import DatabaseUnavailable
 from gateway.keys.store import KeyRecord, KeyStore
 
 log = logging.getLogger("gatehouse.keys")
 LOCAL_TTL_S = 1.0
 LOCAL_MAX = 100_000
 REDIS_TTL_S = 60
+STALE_TTL_S = 86_400
 REDIS_PREFIX = "gatehouse:vkey:"
 INVALIDATE_CHANNEL = "gatehouse:vkey:invalidate"
 _MISS = b"-"
-DB_DOWN = "The key database is not reachable; try again shortly."
 
 Entry = tuple[KeyRecord, bytes] | None
 
 
 class KeyCache:
-    def __init__(self, store: KeyStore | None, redis: Redis):
+    def __init__(self, store: KeyStore | None, redis: Redis, listen_redis: Redis | None = None):
         self.store = store
-        self.redis = redis
+        self.redis = redis  # bounded command timeouts: lookups never hang on a stalled Redis
+        self.listen_redis = listen_redis or redis  # the invalidation subscription blocks: no read timeout there
         self._local: dict[str, tuple[float, Entry]] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -54,37 +58,42 @@ class KeyCache:
         hit = self._local.get(key_id)
         if hit is not None and now - hit[0] < LOCAL_TTL_S:
             return hit[1]
-        cached, entry = await self._from_redis(key_id)
-        if not cached:
-            entry = await self._from_db(key_id)
+        fresh, entry = await self._from_redis(key_id)
+        if not fresh:
+            try:
+                entry = await self._from_db(key_id)
+            except DatabaseUnavailable:
+                entry = entry or (hit[1] if hit is not None else None)
+                if entry is None:
+                    raise
+                log.debug("key %s authenticated from its cached copy: the key database is not reachable", key_id)
         if len(self._local) >= LOCAL_MAX:
             self._local.clear()
         self._local[key_id] = (now, entry)
         return entry
 
     async def _from_redis(self, key_id: str) -> tuple[bool, Entry]:
-        """(whether Redis knew the id, the entry — None for a cached miss)."""
+        """(whether the copy is fresh, the entry — None for a cached miss or no copy)."""
         raw = await self.redis.get(REDIS_PREFIX + key_id)
         if raw is None:
             return False, None
         if raw == _MISS:
             return True, None
         d = orjson.loads(raw)
-        return True, (KeyRecord.from_json(d["record"]), base64.b64decode(d["hash"]))
+        entry = (KeyRecord.from_json(d["record"]), base64.b64decode(d["hash"]))
+        return time.time() - d.get("at", time.time()) < REDIS_TTL_S, entry
 
     async def _from_db(self, key_id: str) -> Entry:
         if self.store is None:
-            raise ServiceUnavailable(DB_DOWN, code="database_unavailable")
-        try:
-            found = await self.store.get(key_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-            raise ServiceUnavailable(DB_DOWN, code="database_unavailable") from e
+            raise DatabaseUnavailable()
+        found = await self.store.get(key_id)
         if found is None:
             await self.redis.set(REDIS_PREFIX + key_id, _MISS, ex=REDIS_TTL_S)
             return None
         record, secret_hash = found
         await self.redis.set(REDIS_PREFIX + key_id, orjson.dumps(
-            {"record": record.to_json(), "hash": base64.b64encode(secret_hash).decode()}), ex=REDIS_TTL_S)
+            {"record": record.to_json(), "hash": base64.b64encode(secret_hash).decode(), "at": time.time()}),
+            ex=STALE_TTL_S)
         return found
 
     async def invalidate(self, *key_ids: str) -> None:
@@ -101,7 +110,7 @@ class KeyCache:
 
     async def _listen(self) -> None:
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.listen_redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(INVALIDATE_CHANNEL)
                 async for msg in pubsub.listen():

@@ -1,4 +1,5 @@
-"""Virtual keys in PostgreSQL (table ``virtual_keys``, migration 0001)."""
+"""Virtual keys in PostgreSQL (table ``virtual_keys``, migration 0001), through gateway.db's bounded calls:
+an unreachable database is a ``DatabaseUnavailable`` (503), never a hang."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db.database import Database
 from gateway.keys.tokens import KeyCredential, hash_secret, new_credential
 
 # columns a caller may set (create/update); everything else is managed here
@@ -80,8 +82,8 @@ def _values(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class KeyStore:
-    def __init__(self, pool: asyncpg.Pool):
-        self.pool = pool
+    def __init__(self, db: Database | asyncpg.Pool):
+        self.db = db if isinstance(db, Database) else Database(pool=db)
 
     async def create(self, **fields: Any) -> tuple[KeyRecord, KeyCredential]:
         """A new key; the credential (with its secret) is returned once and never stored."""
@@ -90,13 +92,13 @@ class KeyStore:
         cols = ["key_id", "secret_hash", *values]
         args = [cred.key_id, hash_secret(cred.secret), *values.values()]
         placeholders = ", ".join(f"${i}" if c != "metadata" else f"${i}::jsonb" for i, c in enumerate(cols, 1))
-        row = await self.pool.fetchrow(
+        row = await self.db.fetchrow(
             f"INSERT INTO virtual_keys ({', '.join(cols)}) VALUES ({placeholders}) RETURNING {', '.join(_COLUMNS)}",
             *args)
         return KeyRecord.from_row(row), cred
 
     async def get(self, key_id: str) -> tuple[KeyRecord, bytes] | None:
-        row = await self.pool.fetchrow(
+        row = await self.db.fetchrow(
             f"SELECT {', '.join(_COLUMNS)}, secret_hash FROM virtual_keys WHERE key_id = $1", key_id)
         if row is None:
             return None
@@ -108,13 +110,13 @@ class KeyStore:
             found = await self.get(key_id)
             return found[0] if found else None
         sets = ", ".join(f"{c} = ${i}" + ("::jsonb" if c == "metadata" else "") for i, c in enumerate(values, 2))
-        row = await self.pool.fetchrow(
+        row = await self.db.fetchrow(
             f"UPDATE virtual_keys SET {sets}, updated_at = now() WHERE key_id = $1 AND revoked_at IS NULL "
             f"RETURNING {', '.join(_COLUMNS)}", key_id, *values.values())
         return KeyRecord.from_row(row) if row else None
 
     async def revoke(self, key_ids: list[str]) -> list[str]:
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             "UPDATE virtual_keys SET revoked_at = now(), updated_at = now() "
             "WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL RETURNING key_id", key_ids)
         return [r["key_id"] for r in rows]
@@ -125,8 +127,10 @@ class KeyStore:
         if not include_revoked:
             where.append("revoked_at IS NULL")
         cond = " AND ".join(where)
-        total = await self.pool.fetchval(f"SELECT count(*) FROM virtual_keys WHERE {cond}", team_id)
-        rows = await self.pool.fetch(
-            f"SELECT {', '.join(_COLUMNS)} FROM virtual_keys WHERE {cond} ORDER BY created_at, key_id "
-            f"LIMIT $2 OFFSET $3", team_id, size, (page - 1) * size)
-        return [KeyRecord.from_row(r) for r in rows], int(total)
+        rows = await self.db.fetch(
+            f"SELECT {', '.join(_COLUMNS)}, count(*) OVER () AS total FROM virtual_keys WHERE {cond} "
+            f"ORDER BY created_at, key_id LIMIT $2 OFFSET $3", team_id, size, (page - 1) * size)
+        if rows:
+            return [KeyRecord.from_row(r) for r in rows], int(rows[0]["total"])
+        total = await self.db.fetchval(f"SELECT count(*) FROM virtual_keys WHERE {cond}", team_id)
+        return [], int(total)

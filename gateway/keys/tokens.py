@@ -38,6 +38,11 @@ def new_credential() -> KeyCredential:
     return KeyCredential(ID_PREFIX + secrets.token_hex(8), SECRET_PREFIX + secrets.token_urlsafe(32))
 
 
+def is_key_id(value: str) -> bool:
+    """Whether ``value`` is a well-formed key id (``ak-`` and 16 hex digits)."""
+    return _ID.fullmatch(value) is not None
+
+
 def parse_pair(key_id: str, secret: str) -> KeyCredential | None:
     """The Basic-auth form; None unless both parts are well-formed."""
     if _ID.match(key_id) and _SECRET.match(secret):

@@ -18,4 +18,4 @@ async def classify(request: Request) -> Response:
 
 
 for _path in ("/v1/classify", "/classify"):
-    plain_post(router, _path, classify)
+    plain_post(router, _path, classify, p.ClassifyRequest)

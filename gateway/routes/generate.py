@@ -25,4 +25,4 @@ def _form_of(body: dict[str, Any]) -> type[p.GenerateRequest] | type[p.QuantumGe
     return p.QuantumGenerateRequest if p.is_quantum_generate(body) else p.GenerateRequest
 
 
-plain_post(router, "/generate", generate)
+plain_post(router, "/generate", generate, p.GenerateRequest, p.QuantumGenerateRequest)

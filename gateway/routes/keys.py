@@ -9,69 +9,26 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from core import schemas as p
-from core.durations import parse_duration
 from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.keys.fields import KeyDelete, KeyFields, KeyUpdate, text_param
 from gateway.keys.store import KeyRecord
-from gateway.keys.tokens import ID_PREFIX, parse_bearer
+from gateway.keys.tokens import is_key_id, parse_bearer
+from gateway.openapi import request_body
 from gateway.services import Services, services
 from gateway.serving import parse, read_json
 
 router = APIRouter(tags=["keys"])
-
-
-class KeyFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # LiteLLM clients send fields we do not implement
-
-    models: list[str] | None = None
-    key_alias: str | None = Field(default=None, max_length=256)
-    user_id: str | None = Field(default=None, max_length=256)
-    team_id: str | None = Field(default=None, max_length=256)
-    max_budget: float | None = Field(default=None, ge=0)
-    budget_duration: str | None = None
-    rpm_limit: int | None = Field(default=None, ge=0)
-    tpm_limit: int | None = Field(default=None, ge=0)
-    max_parallel_requests: int | None = Field(default=None, ge=0)
-    metadata: dict[str, Any] | None = None
-    expires: datetime | None = None
-    duration: str | None = None  # LiteLLM: the key expires this long after creation
-    is_admin: bool | None = None  # Gatehouse: the key may call the admin API (master key only)
-
-    @field_validator("budget_duration", "duration")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
-
-    def columns(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_unset=True, exclude={"expires", "duration"})
-        if out.get("models") == []:  # LiteLLM: an empty list means every model
-            out["models"] = None
-        if self.duration is not None:
-            out["expires_at"] = datetime.now(UTC) + parse_duration(self.duration)
-        elif "expires" in self.model_fields_set:
-            exp = self.expires
-            out["expires_at"] = exp.replace(tzinfo=UTC) if exp and exp.tzinfo is None else exp
-        return out
-
-
-class KeyUpdate(KeyFields):
-    key: str
-
-
-class KeyDelete(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    keys: list[str] = Field(min_length=1, max_length=1000)
+MAX_PAGE = 1_000_000
+KeyParam = Annotated[str | None, Query(max_length=512, description="A virtual key (sk-gh-…) or a key id (ak-…)")]
+TeamParam = Annotated[str | None, Query(max_length=256)]
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -83,7 +40,7 @@ def key_id_of(value: str) -> str:
     cred = parse_bearer(value)
     if cred is not None:
         return cred.key_id
-    if value.startswith(ID_PREFIX):
+    if is_key_id(value):
         return value
     raise InvalidRequest("`key` must be a virtual key (sk-gh-…) or a key id (ak-…).", param="key")
 
@@ -110,7 +67,7 @@ async def _admin(request: Request) -> tuple[Services, Principal]:
     return svc, principal
 
 
-@router.post("/key/generate")
+@router.post("/key/generate", openapi_extra=request_body(KeyFields))
 async def generate_key(request: Request) -> Response:
     svc, principal = await _admin(request)
     fields = parse(KeyFields, await read_json(request, svc.config.settings.max_body_bytes)).columns()
@@ -129,7 +86,7 @@ async def generate_key(request: Request) -> Response:
 
 
 @router.get("/key/info")
-async def key_info(request: Request, key: str | None = None) -> Response:
+async def key_info(request: Request, key: KeyParam = None) -> Response:
     svc = services(request)
     principal = await svc.auth.authenticate(request)
     key_id = key_id_of(key) if key else principal.key_id
@@ -143,7 +100,7 @@ async def key_info(request: Request, key: str | None = None) -> Response:
     return _json({"key": key_id, "info": _shown(found[0])})
 
 
-@router.post("/key/update")
+@router.post("/key/update", openapi_extra=request_body(KeyUpdate))
 async def update_key(request: Request) -> Response:
     svc, principal = await _admin(request)
     req = parse(KeyUpdate, await read_json(request, svc.config.settings.max_body_bytes))
@@ -160,7 +117,7 @@ async def update_key(request: Request) -> Response:
     return _json({"key": key_id, **_shown(record), **({"warnings": warnings} if warnings else {})})
 
 
-@router.post("/key/delete")
+@router.post("/key/delete", openapi_extra=request_body(KeyDelete))
 async def delete_keys(request: Request) -> Response:
     svc, _ = await _admin(request)
     req = parse(KeyDelete, await read_json(request, svc.config.settings.max_body_bytes))
@@ -171,11 +128,11 @@ async def delete_keys(request: Request) -> Response:
 
 
 @router.get("/key/list")
-async def list_keys(request: Request, team_id: str | None = None, page: int = 1, size: int = 100,
-                    return_full_object: bool = False, include_revoked: bool = False) -> Response:
+async def list_keys(request: Request, team_id: TeamParam = None, page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+                    size: Annotated[int, Query(ge=1, le=1000)] = 100, return_full_object: bool = False,
+                    include_revoked: bool = False) -> Response:
     svc, _ = await _admin(request)
-    if page < 1 or not 1 <= size <= 1000:
-        raise InvalidRequest("page must be ≥ 1 and size between 1 and 1000.", param="size")
+    text_param(team_id, "team_id")
     records, total = await (await svc.key_store()).list(team_id=team_id, include_revoked=include_revoked,
                                                         page=page, size=size)
     return _json({"keys": [_shown(r) if return_full_object else r.key_id for r in records],
@@ -183,23 +140,22 @@ async def list_keys(request: Request, team_id: str | None = None, page: int = 1,
 
 
 @router.get("/spend/daily")
-async def spend_daily(request: Request, key: str | None = None, team_id: str | None = None,
-                      days: int = 30) -> Response:
+async def spend_daily(request: Request, key: KeyParam = None, team_id: TeamParam = None,
+                      days: Annotated[int, Query(ge=1, le=366)] = 30) -> Response:
     """Spend per key, team, model and day (admins: anyone's; a key: its own)."""
     svc = services(request)
     principal = await svc.auth.authenticate(request)
     key_id = key_id_of(key) if key else None
+    text_param(team_id, "team_id")
     if not principal.is_admin:
         if principal.key_id is None or (key_id not in (None, principal.key_id)) or team_id is not None:
             raise PermissionDenied("A key may only look at its own spend.", code="admin_only")
         key_id = principal.key_id
-    if not 1 <= days <= 366:
-        raise InvalidRequest("days must be between 1 and 366.", param="days")
-    pool = await svc.database()
-    if pool is None:
+    db = await svc.database()
+    if db is None:
         await svc.key_store()  # raises the 503
-    await svc.spend.flush()  # include what this replica has not written yet
-    rows = await pool.fetch(  # type: ignore[union-attr]
+    await svc.spend.flush_within(1.0)  # include what this replica has not written yet (bounded: PG may be down)
+    rows = await db.fetch(  # type: ignore[union-attr]
         "SELECT day, key_id, team_id, model, requests, prompt_tokens, completion_tokens, cost FROM spend_daily "
         "WHERE day >= date_trunc('day', now()) - make_interval(days => $1 - 1) "
         "AND ($2::text IS NULL OR key_id = $2) AND ($3::text IS NULL OR team_id = $3) ORDER BY day, key_id, model",

@@ -26,9 +26,11 @@ async def completions(request: Request) -> Response:
     return await gen.run(request, req, body, id_prefix="cmpl-")
 
 
-for _path, _endpoint in (("/v1/chat/completions", chat_completions), ("/chat/completions", chat_completions),
-                         ("/v1/completions", completions), ("/completions", completions)):
-    plain_post(router, _path, _endpoint, include_in_schema=_path.startswith("/v1/"))
+for _path, _endpoint, _body in (("/v1/chat/completions", chat_completions, p.ChatCompletionRequest),
+                                ("/chat/completions", chat_completions, p.ChatCompletionRequest),
+                                ("/v1/completions", completions, p.CompletionRequest),
+                                ("/completions", completions, p.CompletionRequest)):
+    plain_post(router, _path, _endpoint, _body, include_in_schema=_path.startswith("/v1/"))
 
 
 @router.get("/v1/models")

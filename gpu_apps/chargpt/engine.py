@@ -24,6 +24,9 @@ DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent / "weights" / "chargp
 
 #: Prompt used when the caller sends an empty one.
 EMPTY_PROMPT = "\n"
+# temperatures below this sample greedily: logits / 1e-131 overflow float32 (softmax of inf is NaN), and any
+# temperature this small puts all the probability on the argmax anyway
+GREEDY_BELOW = 1e-4
 
 
 class CharGPTEngine:
@@ -98,7 +101,7 @@ class CharGPTEngine:
                 used, unknown characters map to the tokenizer's fallback, and an
                 empty prompt starts from ``"\\n"``.
             max_new_tokens: maximum number of characters to sample (0 allowed).
-            temperature: softmax temperature; ``0`` means greedy argmax.
+            temperature: softmax temperature; ``0`` (or anything below ``GREEDY_BELOW``) means greedy argmax.
             top_p: nucleus sampling mass in ``(0, 1]``.
             seed: per-call RNG seed; ``None`` picks a random one.
             stop: strings that end generation when they appear in the output.
@@ -107,6 +110,8 @@ class CharGPTEngine:
                 temperature and top-p then: sampling uses the processed logits as they are.
         """
         self._validate(max_new_tokens, temperature, top_p)
+        if temperature < GREEDY_BELOW:
+            temperature = 0.0  # dividing the logits by less overflows float32: the answer is the argmax anyway
         if logits_processor is not None and temperature > 0:
             temperature, top_p = 1.0, 1.0  # the processor applied the request's own values
         stops = [s for s in (stop or []) if s]
@@ -190,7 +195,7 @@ class CharGPTEngine:
     @torch.inference_mode()
     def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
         """Pick the next token id: greedy at temperature 0, else temperature + nucleus sampling."""
-        if temperature == 0.0:
+        if temperature < GREEDY_BELOW:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / temperature, dim=-1)
         if top_p < 1.0:

