@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cli.embedded import EmbeddedPostgres, EmbeddedValkey, clear_interactive_jobs, ensure_master_key, own_session
-from core.config import Config
+from core.config import WARNED_ENV, Config
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("gatehouse.up")
@@ -99,6 +99,7 @@ class Supervisor:
                    GATEHOUSE_PORT=str(s.port), GATEHOUSE_HOST=s.host, GATEHOUSE_DATA_DIR=str(s.data_dir))
         if self.config_path:
             env["GATEHOUSE_CONFIG"] = str(Path(self.config_path).resolve())
+        env[WARNED_ENV] = "1"  # the supervisor has shown the config's warnings; its children need not repeat them
         # gateway and workers share metric files, so the gateway's /metrics shows every process
         env[MULTIPROC_ENV] = str(self.metrics_dir)
         return env

@@ -33,6 +33,7 @@ from core.routing import ROUTER_KEYS, Deployment, RouterSettings, deployment_of,
 from core.settings import EnvFirstSettings, JwtSettings, MetricsSettings, ModalSettings, TeamLimits, TracingSettings
 
 ENV_REF = "os.environ/"
+WARNED_ENV = "GATEHOUSE_CONFIG_WARNED"  # set by `gatehouse up` for its children: the config's warnings were shown
 DEFAULT_CONFIG_NAMES = ("gatehouse.yaml", "gatehouse.yml")
 # Providers that already speak OpenAI's protocol go to the native client; "local" runs in-process;
 # anything else is translated by LiteLLM.
@@ -235,7 +236,7 @@ class Config(BaseModel):
                 except ValidationError as e:
                     source = {"upstream_retries": "num_retries", "upstream_timeout_s": "timeout"}.get(name, name)
                     raise ConfigError(f"{source}: {_format_validation_error(e).split(': ', 1)[-1]}") from e
-        if ignored:
+        if ignored and not os.environ.get(WARNED_ENV):  # `gatehouse up` said it already; its children stay quiet
             log.warning("%signored (Gatehouse does not use them): %s", f"{self.source}: " if self.source else "",
                         ", ".join(ignored))
         return ignored

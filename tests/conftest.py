@@ -188,6 +188,13 @@ def start_processes(config_path: Path, env: dict[str, str], logs: Path,
     return [spawn("gateway", "serve"), *(spawn(f"worker{i}", "worker") for i in range(workers))]
 
 
+def show_logs(logs: Path, label: str = "", lines: int = 30) -> None:
+    """The last lines of every process log under ``logs`` on stderr (pytest shows them when a test failed)."""
+    for log in sorted(logs.glob("*.log")):
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-lines:])
+        sys.stderr.write(f"--- {label}{' ' if label else ''}{log.name} (last lines) ---\n{tail}")
+
+
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -279,8 +286,7 @@ def stack(tmp_root: Path, redis_url: str, database_url: str, upstream: UpstreamT
         yield Stack(base, MASTER_KEY, redis_url, database_url, path, upstream, tmp_root / "logs", procs)
     finally:
         stop_processes(procs)
-        for log in sorted((tmp_root / "logs").glob("*.log")):  # shown by pytest when something failed
-            sys.stderr.write(f"--- {log.name} (last lines) ---\n" + "".join(log.read_text().splitlines(True)[-30:]))
+        show_logs(tmp_root / "logs")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import MASTER_KEY, ROOT, free_port, start_processes, stop_processes, wait_http
+from conftest import MASTER_KEY, ROOT, free_port, show_logs, start_processes, stop_processes, wait_http
 
 from core.config import LiteLLMParams, ModelEntry, load_config
 from core.queue import JobSpec
@@ -95,8 +95,7 @@ def offline_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, data
         yield base
     finally:
         stop_processes(procs)
-        for log in sorted((root / "logs").glob("*.log")):
-            sys.stderr.write(f"--- {log.name} (last lines) ---\n" + "".join(log.read_text().splitlines(True)[-30:]))
+        show_logs(root / "logs")
 
 
 def test_offline_default_classifier_answers_503_saying_how_to_provide_it(offline_stack: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 import yaml
-from conftest import MASTER_KEY, ROOT, Stack, free_port, start_processes, stop_processes, wait_http
+from conftest import MASTER_KEY, ROOT, Stack, free_port, show_logs, start_processes, stop_processes, wait_http
 
 from bench.fake_upstream import UpstreamThread
 
@@ -77,9 +77,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory, redis_url: str, database_ur
         stop_processes(procs)
         a.stop()
         b.stop()
-        for log in sorted(logs.glob("*.log")):
-            sys.stderr.write(f"--- routing {log.name} (last lines) ---\n"
-                             + "".join(log.read_text(errors="replace").splitlines(True)[-30:]))
+        show_logs(logs, "routing")
 
 
 def hi(client: openai.OpenAI, model: str) -> str:

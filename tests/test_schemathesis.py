@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import yaml
-from conftest import MASTER_KEY, free_port, start_processes, stop_processes, wait_http
+from conftest import MASTER_KEY, free_port, show_logs, start_processes, stop_processes, wait_http
 
 from bench.fake_upstream import UpstreamThread
 
@@ -75,9 +75,7 @@ def docs_gateway(tmp_path_factory: pytest.TempPathFactory, database_url: str,
     finally:
         stop_processes(procs)
         valkey.stop()
-        for log in sorted(logs.glob("*.log")):
-            sys.stderr.write(f"--- schemathesis {log.name} (last lines) ---\n"
-                             + "".join(log.read_text(errors="replace").splitlines(True)[-30:]))
+        show_logs(logs, "schemathesis")
 
 
 def test_no_server_errors(docs_gateway: tuple[str, Path], tmp_path: Path) -> None:

@@ -4,13 +4,12 @@ the tests kill, pause and restart; a fake upstream of the module's own, so its r
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MASTER_KEY, free_port, start_processes, wait_http
+from conftest import MASTER_KEY, free_port, show_logs, start_processes, wait_http
 
 from bench.fake_upstream import UpstreamThread
 from faults.harness import WORKER_CONCURRENCY, FaultStack, Valkey, env_without_overrides, fault_models
@@ -51,9 +50,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
     finally:
         stack.stop()
         valkey.stop()
-        for log in sorted(Path(logs).glob("*.log")):  # shown by pytest when something failed
-            sys.stderr.write(f"--- faults {log.name} (last lines) ---\n"
-                             + "".join(log.read_text(errors="replace").splitlines(True)[-25:]))
+        show_logs(Path(logs), "faults", lines=25)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from conftest import MASTER_KEY, free_port, start_processes, stop_processes, wait_http
+from conftest import MASTER_KEY, free_port, show_logs, start_processes, stop_processes, wait_http
 
 MSG = [{"role": "user", "content": "The "}]
 VKEY_PREFIX = "gatehouse:vkey:"  # gateway.keys.cache.REDIS_PREFIX
@@ -92,9 +91,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgStack]:
         stop_processes(procs)
         valkey.stop()
         pg.cleanup()
-        for log in sorted(logs.glob("*.log")):
-            sys.stderr.write(f"--- pg-outage {log.name} (last lines) ---\n"
-                             + "".join(log.read_text(errors="replace").splitlines(True)[-30:]))
+        show_logs(logs, "pg-outage")
 
 
 def _admin() -> dict[str, str]:
