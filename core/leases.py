@@ -12,6 +12,10 @@ each job the dead worker held (``RUNNING_KEY_PREFIX`` + worker id):
 
 A worker that stops on a signal hands its unfinished jobs back the same way (``REAP_LUA`` with its own id).
 
+Gateways hold leases too (``GATEWAYS_KEY``), and every job names the gateway whose client waits for it
+(``JobSpec.origin``). When a gateway dies, its client connections die with it: ``REAP_GATEWAYS_LUA`` drops
+its queued jobs (they would run for nobody and count against the queue limit) and cancels its running ones.
+
 Leases are only judged while reaping is continuous: every reap notes Redis's time in ``REAPER_KEY``, and after
 a gap (Redis paused or unreachable, every reaper gone) reaping resumes only a whole lease later. Otherwise a
 reap that waited out a stalled Redis would find every lease stale and reap live workers whose beats were
@@ -28,9 +32,14 @@ from core import queue as q
 
 LOST_EVENT = q.error_event(502, "The worker running this request stopped before it finished.", "server_error",
                            "worker_lost")
+GATEWAY_LOST_EVENT = q.error_event(503, "The gateway waiting for this answer missed its lease; retry.",
+                                   "server_error", "gateway_lost")
 STOPPED_EVENT = q.error_event(503, "The worker running this request was stopped before it finished; retry.",
                               "server_error", "worker_stopped")
 SWEEP_LIMIT = 100  # queue entries (oldest first) checked per reap for jobs that expired before anyone took them
+GATEWAYS_KEY = "gatehouse:gateways"  # sorted set: gateway id -> last beat (Redis's clock)
+GATEWAY_LEASE_S = 5.0  # longer than a worker's: a gateway's jobs are only dropped when it is surely gone
+GATEWAY_SCAN_LIMIT = 10_000  # queue entries looked at for a dead gateway's jobs
 REAPER_KEY = "gatehouse:reaper"  # hash: last = when a reaper last ran, since = when reaping last resumed
 REAP_GAP_S = 2.5 * q.HEARTBEAT_INTERVAL_S  # no reap for this long: leases are not judged for one lease
 
@@ -42,6 +51,12 @@ local added = redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], 60)
 return added
+"""
+
+# KEYS: 1 gateways zset.   ARGV: 1 gateway id.   Returns 1 when the gateway was not listed (see HEARTBEAT_LUA).
+GATEWAY_BEAT_LUA = """
+local t = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
 """
 
 # KEYS: 1 workers zset, 2 queue zset, 3 wake list, 4 busy hash, 5 reaper hash
@@ -109,6 +124,63 @@ return {#dead, requeued, ended, swept}
 """
 
 
+# KEYS: 1 gateways zset, 2 queue zset, 3 reaper hash
+# ARGV: 1 gateway lease (s), 2 arq's job prefix, 3 arq's in-progress prefix, 4 output prefix, 5 the event
+#       ending a dropped job, 6 end event, 7 output TTL (s), 8 cancel channel, 9 scan limit, 10 reap gap (s)
+# Judged only while reaping is continuous (REAP_LUA, run just before, keeps the reaper hash).
+# Returns {gateways gone, queued jobs dropped, running jobs cancelled}.
+REAP_GATEWAYS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local since = tonumber(redis.call('HGET', KEYS[3], 'since') or now)
+local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
+if now - since < tonumber(ARGV[1]) or now - last > tonumber(ARGV[10]) then return {0, 0, 0} end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+if #dead == 0 then return {0, 0, 0} end
+local marks = {}
+for i, g in ipairs(dead) do marks[i] = '"origin":"' .. g .. '"' end
+local dropped, cancelled = 0, 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[9]) - 1)) do
+  local payload = redis.call('GET', ARGV[2] .. id)
+  if payload then
+    for _, mark in ipairs(marks) do
+      if string.find(payload, mark, 1, true) then
+        if redis.call('EXISTS', ARGV[3] .. id) == 1 then
+          redis.call('PUBLISH', ARGV[8], id)
+          cancelled = cancelled + 1
+        else
+          redis.call('ZREM', KEYS[2], id)
+          redis.call('DEL', ARGV[2] .. id)
+          local out = ARGV[4] .. id
+          redis.call('XADD', out, '*', 'e', ARGV[5])
+          redis.call('XADD', out, '*', 'e', ARGV[6])
+          redis.call('EXPIRE', out, ARGV[7])
+          dropped = dropped + 1
+        end
+        break
+      end
+    end
+  end
+end
+redis.call('ZREM', KEYS[1], unpack(dead))
+return {#dead, dropped, cancelled}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaysReaped:
+    gateways: int = 0
+    dropped: int = 0
+    cancelled: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.gateways)
+
+    def describe(self) -> str:
+        return (f"{self.gateways} gateway(s) gone: {self.dropped} queued job(s) of theirs dropped, "
+                f"{self.cancelled} running one(s) cancelled")
+
+
 @dataclass(frozen=True, slots=True)
 class Reaped:
     """What one reap did."""
@@ -139,3 +211,16 @@ def reap_args(*, worker_id: str = "", event: bytes = LOST_EVENT) -> list[str | b
 
 def reaped(reply: list[int]) -> Reaped:
     return Reaped(*(int(x) for x in reply))
+
+
+def gateway_reap_keys(queue: str) -> list[str]:
+    return [GATEWAYS_KEY, queue, REAPER_KEY]
+
+
+def gateway_reap_args() -> list[str | bytes | float | int]:
+    return [GATEWAY_LEASE_S, job_key_prefix, in_progress_key_prefix, q.OUTPUT_STREAM_PREFIX, GATEWAY_LOST_EVENT,
+            q.END_EVENT, q.OUTPUT_TTL_S, q.CANCEL_CHANNEL, GATEWAY_SCAN_LIMIT, REAP_GAP_S]
+
+
+def gateways_reaped(reply: list[int]) -> GatewaysReaped:
+    return GatewaysReaped(*(int(x) for x in reply))

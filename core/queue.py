@@ -118,19 +118,21 @@ class JobSpec:
     params: SamplingParams = DEFAULT_PARAMS
     enqueued_at: float = field(default_factory=time.time)
     trace: dict[str, Any] | None = None  # observability.calls.TraceContext, when tracing is on
+    origin: str | None = None  # the gateway whose client waits for the answer (its lease: core.leases)
 
     def to_dict(self) -> dict[str, Any]:
         # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
         return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
                 "deadline": self.deadline, "params": self.params.to_dict(), "enqueued_at": self.enqueued_at,
-                "trace": self.trace}
+                "trace": self.trace, "origin": self.origin}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
         """Tolerant of a gateway one version apart: unknown fields are ignored, missing params defaulted."""
         return cls(id=d["id"], kind=d["kind"], model=d["model"], body=d["body"], stream=bool(d["stream"]),
                    deadline=float(d["deadline"]), params=SamplingParams.from_dict(d.get("params")),
-                   enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"))
+                   enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"),
+                   origin=d.get("origin"))
 
     def remaining(self) -> float:
         return self.deadline - time.time()

@@ -139,6 +139,7 @@ class Generation:
             spec = req.to_job(body, request_id=rid, deadline=deadline_for(request, self.settings.request_timeout_s,
                                                                           stream),
                               trace=self._trace_context(request) if self.svc.tracing else None)
+            spec.origin = self.svc.reaper.gateway_id  # if this gateway dies, nobody waits for the answer
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             if stream:

@@ -66,6 +66,7 @@ class GatehouseWorker(Worker):
     _claim: AsyncScript
     _beat: AsyncScript
     _reap: AsyncScript
+    _reap_gateways: AsyncScript
     _claimed: dict[str, Claimed]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,6 +90,7 @@ class GatehouseWorker(Worker):
         self._claim = self.pool.register_script(q.CLAIM_LUA)
         self._beat = self.pool.register_script(leases.HEARTBEAT_LUA)
         self._reap = self.pool.register_script(leases.REAP_LUA)
+        self._reap_gateways = self.pool.register_script(leases.REAP_GATEWAYS_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
         gc.collect()
@@ -294,6 +296,10 @@ class GatehouseWorker(Worker):
                 done = leases.reaped(await self._reap(keys=leases.reap_keys(self.queue_name), args=leases.reap_args()))
                 if done:
                     log.warning("reaped: %s", done.describe())
+                gone = leases.gateways_reaped(await self._reap_gateways(
+                    keys=leases.gateway_reap_keys(self.queue_name), args=leases.gateway_reap_args()))
+                if gone:
+                    log.warning("reaped: %s", gone.describe())
             except Exception as e:  # noqa: BLE001 - keep beating through Redis blips (the main loop reports them)
                 log.debug("heartbeat failed: %s", type(e).__name__)
             self.state.observer.sample_pool(self.state.backends.entropy_pool)

@@ -154,6 +154,41 @@ async def test_worker_killed_before_output(faults: FaultStack) -> None:
     assert not problems, "\n".join(problems)
 
 
+async def test_gateway_killed_drops_its_queued_jobs(faults: FaultStack) -> None:
+    """Jobs queued by a gateway that is SIGKILLed have nobody to answer: they are dropped once its lease runs
+    out (never run, never counted against the queue limit), by the gateway started in its place."""
+    from core import queue as q
+
+    h, n = faults, 5
+    r = h.valkey.client()
+    before = upstream_count(h.upstream, "fake")
+    for slot in (0, 1):
+        h.signal_worker(slot, signal.SIGSTOP)  # nothing runs the jobs meanwhile
+    try:
+        async with new_client() as c:
+            tasks = [asyncio.create_task(chat(c, h.base_url, h.master_key, "fake", limit_s=60)) for _ in range(n)]
+            queued = await until(lambda: r.zcard(q.INTERACTIVE_QUEUE) >= n, 10)
+            assert queued, f"the {n} calls were not queued: depth {r.zcard(q.INTERACTIVE_QUEUE)}"
+            h.gateway.send_signal(signal.SIGKILL)
+            h.gateway.wait(10)
+            killed_at = time.monotonic()
+            await asyncio.gather(*tasks, return_exceptions=True)  # their connections died with the gateway
+        h.spawn_gateway()
+        dropped = await until(lambda: r.zcard(q.INTERACTIVE_QUEUE) == 0, 30, interval=0.2)
+        dropped_after = time.monotonic() - killed_at
+        assert dropped, f"still queued 30 s after the kill: {r.zrange(q.INTERACTIVE_QUEUE, 0, -1)}"
+    finally:
+        for slot in (0, 1):
+            h.signal_worker(slot, signal.SIGCONT)
+    h.wait_ready(60)
+    async with new_client() as c:
+        fresh = await chat(c, h.base_url, h.master_key, "fake", limit_s=30)
+    assert fresh.status == 200, fresh
+    runs = upstream_count(h.upstream, "fake") - before
+    print(f"a killed gateway's {n} queued jobs dropped {dropped_after:.1f}s after the kill; upstream requests: {runs}")
+    assert runs == 1, f"the upstream saw {runs} requests: the dead gateway's jobs ran (expected only the fresh one)"
+
+
 async def test_worker_restart_readiness(faults: FaultStack) -> None:
     """/health/ready drops to not ready (checks.workers == 0) within 6 s of SIGKILL of both workers, and is ready
     again soon after they are restarted."""

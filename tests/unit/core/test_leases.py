@@ -147,3 +147,58 @@ def test_events_are_openai_errors() -> None:
     for raw, status in ((leases.LOST_EVENT, 502), (leases.STOPPED_EVENT, 503)):
         ev = orjson.loads(raw)
         assert ev["k"] == "error" and ev["status"] == status and ev["type"] == "server_error" and ev["message"]
+
+
+async def reap_gateways(r: aioredis.Redis, k: Keys) -> leases.GatewaysReaped:
+    args: list[Any] = [leases.GATEWAY_LEASE_S, k.prefix("job"), k.prefix("lock"), k.prefix("out"),
+                       leases.GATEWAY_LOST_EVENT, q.END_EVENT, q.OUTPUT_TTL_S, k.p + "cancel", 100, leases.REAP_GAP_S]
+    return leases.gateways_reaped(await r.eval(leases.REAP_GATEWAYS_LUA, 3, k.p + "gateways", k.queue, k.reaper,
+                                               *args))
+
+
+def payload(job_id: str, origin: str) -> bytes:
+    spec = q.JobSpec(id=job_id, kind="chat", model="m", body={}, stream=True, deadline=time.time() + 60,
+                     origin=origin)
+    return q.serialize_job(spec, 1)
+
+
+async def test_a_dead_gateways_jobs_are_dropped_or_cancelled(r: aioredis.Redis) -> None:
+    """Its clients were connected to it: queued jobs would run for nobody, running ones are cancelled."""
+    k = Keys()
+    now = time.time()
+    await reaping_for_a_while(r, k)
+    await r.hset(k.reaper, "since", now - leases.GATEWAY_LEASE_S - 1)
+    await r.zadd(k.p + "gateways", {"gw:dead": now - leases.GATEWAY_LEASE_S - 5, "gw:alive": now})
+    for job_id, origin in (("queued", "gw:dead"), ("running", "gw:dead"), ("other", "gw:alive")):
+        await r.zadd(k.queue, {job_id: 1})
+        await r.set(k.prefix("job") + job_id, payload(job_id, origin))
+    await r.set(k.prefix("lock") + "running", b"1")
+    pubsub = r.pubsub()
+    await pubsub.subscribe(k.p + "cancel")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    assert await reap_gateways(r, k) == leases.GatewaysReaped(gateways=1, dropped=1, cancelled=1)
+    assert set(await r.zrange(k.queue, 0, -1)) == {b"other", b"running"}
+    assert await r.exists(k.prefix("job") + "queued") == 0
+    evs = await events(r, k, "queued")  # if that gateway was only stalled, its client is not left waiting
+    assert evs[0]["code"] == "gateway_lost" and evs[-1] == {"k": "end"}
+    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert msg is not None and msg["data"] == b"running"  # the worker running it stops
+    assert await r.zrange(k.p + "gateways", 0, -1) == [b"gw:alive"]
+    await pubsub.aclose()
+    assert await reap_gateways(r, k) == leases.GatewaysReaped()
+
+
+async def test_gateway_leases_wait_for_continuous_reaping(r: aioredis.Redis) -> None:
+    k = Keys()
+    now = time.time()
+    await r.hset(k.reaper, mapping={"last": now, "since": now})  # reaping just resumed
+    await r.zadd(k.p + "gateways", {"gw:stale-looking": now - 60})
+    assert await reap_gateways(r, k) == leases.GatewaysReaped()
+    assert await r.zcard(k.p + "gateways") == 1
+
+
+def test_jobs_name_their_gateway() -> None:
+    spec = q.JobSpec.from_dict(orjson.loads(payload("j", "gw:host:1:abc"))["a"][0])
+    assert spec.origin == "gw:host:1:abc"
+    assert b'"origin":"gw:host:1:abc"' in payload("j", "gw:host:1:abc")  # what the reap script looks for
