@@ -147,7 +147,7 @@ class Supervisor:
     def _wait_ready(self, base: str, timeout: float) -> bool:
         deadline = time.time() + timeout
         while time.time() < deadline and not self.stopping:
-            if not all(c.alive() for c in self.children):
+            if not all(c.alive() for c in self.children) or not self._keep_valkey():
                 return False
             try:
                 with urllib.request.urlopen(base + "/health/ready", timeout=2) as r:
@@ -173,20 +173,25 @@ class Supervisor:
                            f"[{{\"role\":\"user\",\"content\":\"def \"}}],\"max_tokens\":60,\"seed\":1}}'\n"
                            f"  Ctrl-C stops everything.\n", highlight=False, soft_wrap=True)
 
+    def _keep_valkey(self) -> bool:
+        """Restart the embedded Valkey if it died (on its port, with its data); False when it keeps dying."""
+        if self.valkey is None or self.valkey.alive() or self.stopping:
+            return True
+        code = self.valkey.proc.returncode if self.valkey.proc else None
+        if self.valkey_restarts.crashed_too_often():
+            log.error("Valkey exited (%s) %d times within %ds; stopping", code, MAX_RESTARTS, RESTART_WINDOW_S)
+            return False
+        log.warning("the embedded Valkey exited with %s; restarting it on port %d", code, self.valkey.port)
+        try:
+            self.valkey.start()
+        except RuntimeError as e:
+            log.error("could not restart Valkey: %s", e)
+        return True
+
     def _watch(self) -> int:
         while not self.stopping:
-            if self.valkey is not None and not self.valkey.alive() and not self.stopping:
-                code = self.valkey.proc.returncode if self.valkey.proc else None
-                if self.valkey_restarts.crashed_too_often():
-                    log.error("Valkey exited (%s) %d times within %ds; stopping", code, MAX_RESTARTS,
-                              RESTART_WINDOW_S)
-                    return 1
-                log.warning("the embedded Valkey exited with %s; restarting it on port %d", code,
-                            self.valkey.port)
-                try:
-                    self.valkey.start()
-                except RuntimeError as e:
-                    log.error("could not restart Valkey: %s", e)
+            if not self._keep_valkey():
+                return 1
             for c in self.children:
                 if c.alive() or self.stopping:
                     continue

@@ -4,8 +4,10 @@ arq's own loop sleeps ``poll_delay`` between queue reads. ``GatehouseWorker`` re
 blocks on the queue's wake list (BLMPOP, which also drains up to the number of free slots in one round
 trip) and falls back to arq's poll on timeout, so a lost wake-up costs at most ``poll_delay``. Two more
 round-trip savings: due jobs are read and locked in one Lua call, and a job's last output events ride in
-arq's end-of-job transaction. Running a job (``run_job``: timeouts, abort, bookkeeping) and shutdown are
-arq's own. See docs/adr/0002-worker-wake-up.md; the arq internals it relies on are listed in arq_compat.py.
+arq's end-of-job transaction. Running a job (``run_job``: timeouts, abort, bookkeeping) follows arq's
+semantics. Leases, reaping and the shutdown hand-back are ADR 0014's; a Redis outage is waited out with
+backoff rather than ending the process. See docs/adr/0002-worker-wake-up.md; the arq internals it relies on
+are listed in arq_compat.py.
 The job function itself is ``workers.runner.run_request``.
 """
 
@@ -59,7 +61,8 @@ class Claimed(NamedTuple):
 
 
 class GatehouseWorker(Worker):
-    """arq's Worker with a wake-driven main loop, heartbeats, and cancellation by pub/sub."""
+    """arq's Worker with a wake-driven main loop, a lease (heartbeats, and reaping the jobs of dead workers and
+    gateways: core.leases), cancellation by pub/sub, and a shutdown that hands unfinished jobs back."""
 
     worker_id: str
     _slot_freed: asyncio.Event

@@ -111,8 +111,9 @@ def wait_up_ready(up: Up, base_url: str, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         if up.proc.poll() is not None:
             raise RuntimeError(f"gatehouse up exited with {up.proc.returncode}:\n{up.output()[-4000:]}")
-        try:
-            if httpx.get(base_url + "/health/ready", timeout=2).status_code == 200:
+        try:  # ready, and the supervisor has seen it too (it prints its banner then)
+            if httpx.get(base_url + "/health/ready", timeout=2).status_code == 200 and \
+                    "Gatehouse is up" in up.output():
                 return
         except httpx.HTTPError:
             pass
