@@ -13,9 +13,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
-
-from core import queue as q
+from typing import Any
 
 log = logging.getLogger("gatehouse.embedded")
 DEFAULT_VALKEY_PORT = 6380
@@ -137,26 +135,6 @@ class EmbeddedValkey:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def clear_interactive_jobs(redis_url: str) -> int:
-    """Drop every interactive job left in Redis by an earlier run (their clients are gone), and the leases
-    of that run's workers. Only for a Redis this process owns: nothing else can be using it yet."""
-    import redis
-    from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-
-    r = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        ids = [i.decode() for i in cast("list[bytes]", r.zrange(q.INTERACTIVE_QUEUE, 0, -1))]
-        stale = [*(p + i for i in ids for p in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)),
-                 *(k.decode() for k in r.scan_iter(match=q.RUNNING_KEY_PREFIX + "*", count=1000))]
-        r.delete(q.INTERACTIVE_QUEUE, q.wake_key(q.INTERACTIVE_QUEUE), q.WORKERS_KEY,
-                 q.busy_key(q.lane_of(q.INTERACTIVE_QUEUE)), *stale)
-        if ids:
-            log.info("dropped %d interactive job(s) left by an earlier run", len(ids))
-        return len(ids)
-    finally:
-        r.close()
 
 
 class EmbeddedPostgres:

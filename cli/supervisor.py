@@ -25,7 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.embedded import EmbeddedPostgres, EmbeddedValkey, clear_interactive_jobs, ensure_master_key, own_session
+from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key, own_session
+from cli.redis_ops import clear_interactive_jobs, settle_dead_worker
 from core.config import WARNED_ENV, Config
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
@@ -79,6 +80,7 @@ class Supervisor:
         self.stopping = False
         self.metrics_dir = Path(".gatehouse/metrics")
         self.valkey_restarts = Child("valkey", [], {})  # restart bookkeeping for the embedded Valkey
+        self.redis_url = ""
 
     def _start_servers(self, data_dir: Path) -> tuple[str, str]:
         s = self.config.settings
@@ -122,6 +124,7 @@ class Supervisor:
                 self.console.print(f"[red]could not start the embedded servers: {type(e).__name__}: {e}[/red]",
                                    highlight=False)
                 return 1
+            self.redis_url = redis_url
             env = self._child_env(redis_url, db_url, master_key)
             exe = [sys.executable, "-m", "cli"]
             self.children = [Child("gateway", [*exe, "serve"], env)]
@@ -202,6 +205,11 @@ class Supervisor:
                     return 1
                 if c.proc is not None:
                     mark_process_dead(c.proc.pid, str(self.metrics_dir))
+                    if c.name != "gateway":  # its clients need not wait for its lease to run out
+                        done = settle_dead_worker(self.redis_url, c.proc.pid)
+                        if done:
+                            log.warning("%s's jobs: %d re-queued, %d ended (worker_lost)", c.name, done.requeued,
+                                        done.ended)
                 log.warning("%s exited with %s; restarting", c.name, code)
                 time.sleep(min(5.0, 0.5 * len(c.restarts)))
                 c.start()

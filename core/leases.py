@@ -193,6 +193,10 @@ class Reaped:
     def __bool__(self) -> bool:
         return bool(self.workers or self.requeued or self.ended or self.swept)
 
+    def __add__(self, other: Reaped) -> Reaped:
+        return Reaped(self.workers + other.workers, self.requeued + other.requeued, self.ended + other.ended,
+                      self.swept + other.swept)
+
     def describe(self) -> str:
         return (f"{self.workers} worker(s) gone: {self.requeued} job(s) re-queued, {self.ended} ended "
                 f"(worker_lost); {self.swept} expired queue entr(ies) removed")

@@ -281,6 +281,35 @@ async def test_valkey_killed(up_config: UpConfig, second_up: SecondUp) -> None:
     assert not problems, "\n".join(problems)
 
 
+async def test_worker_killed_under_up_is_settled_at_once(up_config: UpConfig, second_up: SecondUp) -> None:
+    """`gatehouse up` sees its worker die the instant it does: the streams it was serving end (worker_lost, then
+    [DONE]) without waiting for the worker's lease to run out, and a new worker serves again."""
+    cfg, up = up_config, second_up.up
+    workers = [p for p in children(up.proc.pid) if "cli worker" in cmdline(p)]
+    assert len(workers) == 1, f"expected one worker under the supervisor, found {workers}"
+    recs = [StreamRecord() for _ in range(4)]
+    async with new_client() as c:
+        tasks = [asyncio.create_task(stream_chat(c, cfg.base_url, MASTER_KEY, "slow", r, limit_s=40, delay=1.0))
+                 for r in recs]
+        started = await until(lambda: all(r.first_content_at is not None for r in recs), 30)
+        assert started, "streams did not start:\n" + "\n".join(r.describe() for r in recs)
+        os.kill(workers[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        ended_after = max((r.ended_at or killed_at) for r in recs) - killed_at
+        recovered = await until(lambda: "cli worker" in " ".join(cmdline(p) for p in children(up.proc.pid)), 20)
+        after = await chat(c, cfg.base_url, MASTER_KEY, "fake", limit_s=30) if recovered else None
+    print(f"under up: streams ended {ended_after:.1f}s after the worker's SIGKILL "
+          f"({Counter(r.error_code for r in recs)})")
+    problems = [f"stream did not end with worker_lost and [DONE]: {r.describe()}" for r in recs
+                if r.error_code != "worker_lost" or not r.ended_cleanly]
+    if ended_after > 2.5:
+        problems.append(f"streams ended {ended_after:.1f}s after the kill: the supervisor should settle them at once")
+    if after is None or after.status != 200:
+        problems.append(f"no new worker served after the kill: {after}")
+    assert not problems, "\n".join(problems)
+
+
 async def test_up_stops_cleanly_after_faults(second_up: SecondUp) -> None:
     """After the faults above, Ctrl-C stops the second run within 10 s, with no traceback in its output."""
     up = second_up.up
