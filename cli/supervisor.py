@@ -207,7 +207,7 @@ class Supervisor:
                     mark_process_dead(c.proc.pid, str(self.metrics_dir))
                     if c.name != "gateway":  # its clients need not wait for its lease to run out
                         done = settle_dead_worker(self.redis_url, c.proc.pid)
-                        if done:
+                        if done is not None and (done.requeued or done.ended):
                             log.warning("%s's jobs: %d re-queued, %d ended (worker_lost)", c.name, done.requeued,
                                         done.ended)
                 log.warning("%s exited with %s; restarting", c.name, code)
