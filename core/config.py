@@ -134,6 +134,9 @@ class GatehouseSettings(EnvFirstSettings):
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     upstream_retries: int = Field(default=2, ge=0, le=10)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # POST /v1/files: the largest file (streamed into PostgreSQL, never held whole), and a batch file's lines
+    files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, le=8 * 1024**3)
+    files_max_lines: int = Field(default=50_000, ge=1, le=10_000_000)
     max_tokens_limit: int = Field(default=131_072, ge=1)
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = Field(default="text", pattern=r"^(text|json)$")

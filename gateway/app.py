@@ -20,8 +20,9 @@ from core.config import Config
 from gateway.context import RequestContextMiddleware
 from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable, from_error_list, render
+from gateway.files.upload import body_limits
 from gateway.openapi import DocumentedAPI
-from gateway.routes import classify, generate, health, keys, metrics, openai
+from gateway.routes import classify, files, generate, health, keys, metrics, openai
 from gateway.services import build_services
 from observability import metrics as prom
 from observability.http import count_refusal
@@ -55,6 +56,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(files.router)
     app.include_router(metrics.router)
 
     @app.exception_handler(GatewayError)
@@ -89,7 +91,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     # which re-raises after answering, so the server drops the connection).
 
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.settings.max_body_bytes,
-                       log_access=config.settings.access_log)
+                       log_access=config.settings.access_log, body_limits=body_limits(config.settings))
     app.add_middleware(DrainMiddleware, drain=drain)  # outermost: refuses new requests once draining
     app.state.drain = drain  # the server (gateway.draining.DrainingServer) starts the drain on a signal
     return app

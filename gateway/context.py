@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -35,33 +36,39 @@ def request_id(scope: Scope) -> str:
 
 class RequestContextMiddleware:
     """Assigns the request id, echoes it on every response, and refuses bodies whose declared length exceeds
-    the limit before reading them. An exception nothing else handled is logged once (with its traceback) and
+    the limit before reading them (``body_limits``: POST paths with a limit of their own, and the error answered
+    beyond it: file uploads). An exception nothing else handled is logged once (with its traceback) and
     answered with a complete JSON 500 when the response has not started, so the connection stays usable and
     the access log says 500.
 
     The id is always generated here, never taken from the caller: it names the job and its output stream,
     and a caller-chosen id could name someone else's."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, log_access: bool = True):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, log_access: bool = True,
+                 body_limits: Mapping[str, tuple[int, GatewayError]] | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.log_access = log_access
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         too_large = False
+        limit, refusal = self.max_body_bytes, None
+        if scope["method"] == "POST" and scope["path"] in self.body_limits:
+            limit, refusal = self.body_limits[scope["path"]]
         for name, value in scope["headers"]:
             if name == b"content-length":
-                too_large = not value.isdigit() or int(value) > self.max_body_bytes
+                too_large = not value.isdigit() or int(value) > limit
         rid = new_request_id()
         scope[REQUEST_ID_KEY] = rid
         request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode())
 
         if too_large:
-            err = PayloadTooLarge(f"Request body exceeds the limit of {self.max_body_bytes} bytes.")
+            err = refusal or PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
             body = orjson.dumps(err.body())
             await send({"type": "http.response.start", "status": err.status,
                         "headers": [(b"content-type", b"application/json"),
