@@ -66,7 +66,7 @@ def worker(config: ConfigOpt = None,
     """Run one worker process (needs REDIS_URL)."""
     import uvloop
 
-    from workers.worker import build_worker
+    from workers.assemble import build_worker
 
     cfg = load(config)
     setup_logging(cfg.settings.log_level, cfg.settings.log_format, "worker")

@@ -50,7 +50,7 @@ def settle_dead_worker(redis_url: str, pid: int) -> leases.Reaped | None:
             total += leases.reaped(cast("list[int]", reap(keys=leases.reap_keys(q.INTERACTIVE_QUEUE),
                                                           args=leases.reap_args(worker_id=worker_id))))
         return total
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+    except q.REDIS_DOWN as e:
         log.debug("could not settle the dead worker's jobs: %s", type(e).__name__)
         return None
     finally:

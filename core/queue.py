@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # ── key names (arq's own prefixes come from arq.constants) ────────────────────────────────────────────
 INTERACTIVE_QUEUE = "gatehouse:queue:interactive"
@@ -47,6 +49,9 @@ HEARTBEAT_INTERVAL_S = 1.0
 WORKER_LEASE_S = 3.0  # a worker whose last heartbeat is older than this is dead: its jobs are reaped
 HEARTBEAT_FRESH_S = WORKER_LEASE_S  # readiness counts the workers whose lease is current
 MAX_TRIES = 2  # a job that produced no output before its worker died runs once more, elsewhere
+
+# what "Redis is unreachable or stalled" looks like to a client, on either side of the queue
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 JobKind = Literal["chat", "completion", "generate", "classify"]
 

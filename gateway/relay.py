@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -28,7 +26,6 @@ from observability.calls import has_token
 DONE = b"data: [DONE]\n\n"
 READ_BLOCK_MS = 1_000  # one blocking read waits at most this long: between reads the relay checks the drain
 READ_GRACE_S = 2.0  # a read not answered this long after its block ended: Redis has stalled
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -110,7 +107,7 @@ async def read_batches(redis: Redis, request_id: str, deadline: float, first: En
         try:
             async with asyncio.timeout(block_ms / 1000 + READ_GRACE_S):
                 entries = entries_of(await redis.xread({key: last}, count=1024, block=block_ms))
-        except (*REDIS_DOWN, TimeoutError) as e:
+        except (*q.REDIS_DOWN, TimeoutError) as e:
             raise ServiceUnavailable("The gateway lost its queue (Redis) while waiting for the answer; retry.",
                                      code="queue_unavailable", headers={"retry-after": "1"}) from e
 

@@ -13,8 +13,6 @@ import logging
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import queue as q
 
@@ -58,7 +56,7 @@ class EventWriter:
         if self._flusher is not None:
             try:
                 await self._flusher
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:  # its reader has lost Redis too
+            except q.REDIS_DOWN as e:  # its reader has lost Redis too
                 log.warning("could not write output events: Redis is unreachable (%s)", type(e).__name__)
         rest, self._buf = self._buf, []
         return rest

@@ -24,32 +24,23 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import leases
 from core import queue as q
-from core.config import Config
-from core.pricing import price_list
-from observability import metrics
-from observability.jobs import JobObserver
-from workers.backends import Backends
 from workers.events import EventWriter
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState, state_of
 
 if TYPE_CHECKING:
     from gpu_apps.scaling import HybridScaler
-    from observability.tracing import Tracer
 
 log = logging.getLogger("gatehouse.worker")
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Claimed(NamedTuple):
@@ -126,7 +117,7 @@ class GatehouseWorker(Worker):
                     except ResponseError:  # Redis < 7 has no BLMPOP
                         use_lmpop = False
                     self._redis_back()
-                except REDIS_DOWN as e:
+                except q.REDIS_DOWN as e:
                     await self._redis_lost(e)
         finally:
             for t in side_tasks:
@@ -208,7 +199,7 @@ class GatehouseWorker(Worker):
             except TimeoutError:
                 self.jobs_failed += 1
                 log.warning("job %s passed the worker's job timeout (%.0f s)", job_id, self.job_timeout_s)
-            except REDIS_DOWN as e:
+            except q.REDIS_DOWN as e:
                 self.jobs_failed += 1
                 log.warning("job %s lost Redis while running (%s)", job_id, type(e).__name__)
             except Exception:
@@ -222,7 +213,7 @@ class GatehouseWorker(Worker):
             else:
                 try:
                     await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
-                except REDIS_DOWN:  # its client has lost Redis too: clean up once Redis is back
+                except q.REDIS_DOWN:  # its client has lost Redis too: clean up once Redis is back
                     self._unfinished.append(job_id)
 
     def _job_args(self, job_id: str, claim: Claimed) -> list[Any] | None:
@@ -374,70 +365,8 @@ class GatehouseWorker(Worker):
         """arq's shutdown, tolerating a Redis that is already gone (e.g. Ctrl-C reached it first)."""
         try:
             await super().close()
-        except REDIS_DOWN as e:
+        except q.REDIS_DOWN as e:
             log.warning("Redis was unreachable during shutdown (%s); nothing left to clean up there",
                         type(e).__name__)
             if STATE_KEY in self.ctx:
                 await self.state.backends.aclose()
-
-
-def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
-    s = config.settings
-    if not s.redis_url:
-        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
-    backends = Backends(config)
-    lane = q.lane_of(q.INTERACTIVE_QUEUE)
-    tracer: Tracer | None = None
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        nonlocal tracer
-        backends.build()
-        models = config.models()
-        metrics.prime([lane], models)
-        if s.metrics.worker_port:
-            try:
-                metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
-            except OSError as e:  # e.g. the port is taken: serve requests anyway, say so once
-                log.error("cannot serve metrics on %s:%d (%s); this worker's metrics are not exposed",
-                          s.metrics.worker_host, s.metrics.worker_port, e.strerror or e)
-        if s.tracing.enabled:
-            from observability.tracing import build_tracer
-
-            tracer = build_tracer(s.tracing)
-        observer = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
-                               backend_kinds={name: e.backend for name, e in models.items()},
-                               prices=price_list(models))
-        ctx[STATE_KEY] = WorkerState(redis=worker.pool, backends=backends, observer=observer)
-
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        await backends.aclose()
-        if tracer is not None:
-            await asyncio.to_thread(tracer.shutdown)  # flush what is queued, bounded by its shutdown timeout
-        try:
-            await asyncio.wait_for(worker.hand_back(), 5)
-        except (*REDIS_DOWN, TimeoutError) as e:
-            log.warning("could not hand back unfinished jobs (%s); the other workers will reap them",
-                        type(e).__name__)
-
-    settings = RedisSettings.from_dsn(s.redis_url)
-    settings.max_connections = s.worker_concurrency + 16
-    worker = GatehouseWorker(
-        functions=[run_request],
-        queue_name=q.INTERACTIVE_QUEUE,
-        redis_settings=settings,
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
-        burst=burst,
-        max_jobs=s.worker_concurrency,
-        job_timeout=s.request_timeout_s + 5,
-        keep_result=0,
-        max_tries=q.MAX_TRIES,
-        retry_jobs=False,
-        poll_delay=0.5,
-        job_completion_wait=int(s.shutdown_grace_s),
-        health_check_interval=10,
-        job_serializer=q.dumps,
-        job_deserializer=q.loads,
-        log_results=False,
-    )
-    return worker

@@ -15,15 +15,11 @@ import time
 import httpx
 
 from bench.fake_upstream import CANNED
+from faults.clients import StreamRecord, chat, is_openai_error, stream_chat, until
 from faults.harness import (
     WORKER_CONCURRENCY,
     FaultStack,
-    StreamRecord,
-    chat,
-    is_openai_error,
-    stream_chat,
     traceback_excerpts,
-    until,
     upstream_count,
 )
 

@@ -24,22 +24,17 @@ import yaml
 from conftest import MASTER_KEY, free_port
 
 from bench.fake_upstream import UpstreamThread
+from faults.clients import Answer, StreamRecord, chat, is_openai_error, stream_chat, until
 from faults.harness import (
     ROOT,
-    Answer,
-    StreamRecord,
-    chat,
     children,
     cmdline,
     env_without_overrides,
     fault_models,
     group_members,
-    is_openai_error,
     proc_stat,
-    stream_chat,
     traceback_excerpts,
     tracebacks,
-    until,
     upstream_count,
 )
 

@@ -1,0 +1,87 @@
+"""``build_worker``: a GatehouseWorker assembled from the config — its backends, metrics, tracer and the
+start-up and shutdown hooks arq calls (``gatehouse worker`` runs it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from arq.connections import RedisSettings
+
+from core import queue as q
+from core.config import Config
+from core.pricing import price_list
+from observability import metrics
+from observability.jobs import JobObserver
+from workers.backends import Backends
+from workers.runner import run_request
+from workers.state import STATE_KEY, WorkerState
+from workers.worker import GatehouseWorker
+
+if TYPE_CHECKING:
+    from observability.tracing import Tracer
+
+log = logging.getLogger("gatehouse.worker")
+
+
+def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
+    s = config.settings
+    if not s.redis_url:
+        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
+    backends = Backends(config)
+    lane = q.lane_of(q.INTERACTIVE_QUEUE)
+    tracer: Tracer | None = None
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        nonlocal tracer
+        backends.build()
+        models = config.models()
+        metrics.prime([lane], models)
+        if s.metrics.worker_port:
+            try:
+                metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
+            except OSError as e:  # e.g. the port is taken: serve requests anyway, say so once
+                log.error("cannot serve metrics on %s:%d (%s); this worker's metrics are not exposed",
+                          s.metrics.worker_host, s.metrics.worker_port, e.strerror or e)
+        if s.tracing.enabled:
+            from observability.tracing import build_tracer
+
+            tracer = build_tracer(s.tracing)
+        observer = JobObserver(worker_id=worker.worker_id, lane=lane, tracer=tracer,
+                               backend_kinds={name: e.backend for name, e in models.items()},
+                               prices=price_list(models))
+        ctx[STATE_KEY] = WorkerState(redis=worker.pool, backends=backends, observer=observer)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await backends.aclose()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)  # flush what is queued, bounded by its shutdown timeout
+        try:
+            await asyncio.wait_for(worker.hand_back(), 5)
+        except (*q.REDIS_DOWN, TimeoutError) as e:
+            log.warning("could not hand back unfinished jobs (%s); the other workers will reap them",
+                        type(e).__name__)
+
+    settings = RedisSettings.from_dsn(s.redis_url)
+    settings.max_connections = s.worker_concurrency + 16
+    worker = GatehouseWorker(
+        functions=[run_request],
+        queue_name=q.INTERACTIVE_QUEUE,
+        redis_settings=settings,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        burst=burst,
+        max_jobs=s.worker_concurrency,
+        job_timeout=s.request_timeout_s + 5,
+        keep_result=0,
+        max_tries=q.MAX_TRIES,
+        retry_jobs=False,
+        poll_delay=0.5,
+        job_completion_wait=int(s.shutdown_grace_s),
+        health_check_interval=10,
+        job_serializer=q.dumps,
+        job_deserializer=q.loads,
+        log_results=False,
+    )
+    return worker
