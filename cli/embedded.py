@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -63,18 +63,25 @@ loglevel notice
 
 def own_session() -> dict[str, Any]:
     """``subprocess.Popen`` arguments for a child that must not share the terminal's signals: a Ctrl-C reaches
-    the supervisor alone, which then stops the children in order. If the supervisor itself is killed, the
-    kernel sends the child SIGTERM (Linux's parent-death signal), so nothing is left running."""
-    return {"start_new_session": True, "preexec_fn": _terminate_with_parent}
+    the supervisor alone, which then stops the children in order. Start the child with ``guarded(argv)`` too."""
+    return {"start_new_session": True}
 
 
-def _terminate_with_parent() -> None:
-    try:
-        import ctypes
+# Run between fork and the real program as a program of its own: if the supervisor itself is killed, the kernel
+# sends the child SIGTERM (Linux's parent-death signal, kept across exec), so nothing is left running. Not a
+# ``preexec_fn``: that runs Python in a forked copy of a threaded process (a status spinner, a log reader),
+# which can deadlock before exec and leave a child that never starts.
+_GUARD = ("import ctypes, os, signal, sys\n"
+          "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+          "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"  # the supervisor died before prctl took effect
+          "os.execv(sys.argv[2], sys.argv[2:])\n")
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops the child
-        pass
+
+def guarded(argv: list[str]) -> list[str]:
+    """``argv`` (its program an absolute path) run so that it ends when this process does (Linux)."""
+    if not sys.platform.startswith("linux"):  # elsewhere the supervisor's own shutdown still stops the child
+        return argv
+    return [sys.executable, "-S", "-c", _GUARD, str(os.getpid()), *argv]
 
 
 class EmbeddedValkey:
@@ -102,7 +109,7 @@ class EmbeddedValkey:
         conf = self.dir / "valkey.conf"
         conf.write_text(VALKEY_CONF.format(port=self.port, dir=self.dir), encoding="utf-8")
         with (self.dir / "valkey.log").open("ab") as out:
-            self.proc = subprocess.Popen([str(self.binary), str(conf)], stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(guarded([str(self.binary), str(conf)]), stdout=out, stderr=subprocess.STDOUT,
                                          cwd=self.dir, **own_session())
         deadline = time.monotonic() + timeout
         while not self._pong():

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key, own_session
+from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key, guarded, own_session
 from cli.redis_ops import clear_interactive_jobs, settle_dead_worker
 from core.config import WARNED_ENV, Config
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
@@ -44,7 +45,7 @@ class Child:
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, **own_session())
+        self.proc = subprocess.Popen(guarded(self.argv), env=self.env, **own_session())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -67,6 +68,15 @@ class Child:
             log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
             self.proc.kill()
             self.proc.wait()
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether the gateway could not listen on ``host:port`` (bound as uvicorn binds: SO_REUSEADDR)."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError:
+        return True
+    return False
 
 
 class Supervisor:
@@ -108,6 +118,10 @@ class Supervisor:
 
     def run(self) -> int:
         s = self.config.settings
+        if port_taken(s.host, s.port):  # say so now rather than after starting everything else
+            self.console.print(f"[red]port {s.port} on {s.host} is already in use (another gateway?); choose another "
+                               "with --port or GATEHOUSE_PORT[/red]", highlight=False)
+            return 1
         data_dir = s.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         master_key = ensure_master_key(data_dir, self.config.master_key())

@@ -139,9 +139,10 @@ def test_up_says_why_when_the_port_is_taken(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         proc = _up(tmp_path, port)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert f"is port {port} free?" in out and "Traceback" not in out.split("exited during start-up")[-1]
+    assert f"port {port} on 127.0.0.1 is already in use" in out and "Traceback" not in out
+    assert not (tmp_path / ".gatehouse" / "valkey").exists()  # it said so before starting anything
 
 
 def test_embedded_valkey_moves_off_a_busy_port(tmp_path: Path) -> None:
@@ -164,3 +165,23 @@ def test_embedded_valkey_moves_off_a_busy_port(tmp_path: Path) -> None:
             v.stop()
     finally:
         blocker.close()
+
+
+def test_children_end_when_up_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the supervisor leaves no gateway, worker or Valkey behind (the parent-death signal)."""
+    port = free_port()
+    proc = _up(tmp_path, port)
+    try:
+        _read_until_banner(proc)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 3  # Valkey, the gateway, the worker
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    deadline = time.time() + 15
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+                 and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not alive, f"still running after the supervisor's kill -9: {alive}"
