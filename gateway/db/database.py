@@ -1,186 +1,29 @@
-"""PostgreSQL for the request paths: every call bounded in time, every outage one ``503 database_unavailable``.
-
-A stopped server refuses connections at once; a *paused* one (SIGSTOP, a frozen VM, a saturated network) is
-the hard case: TCP connects and queries are sent, but nothing ever answers. So each call runs as a task of
-its own that the caller waits on for at most ``timeout_s``. asyncpg's own timeouts (connect, command, and the
-pool's acquire and release) bound the task, which finishes in the background: it returns its connection to
-the pool, or terminates it. After a failure the database counts as down for ``DOWN_FOR_S``: calls fail at
-once instead of each waiting out the timeout, and the first call after that probes again.
-
-    connection refused/reset, timeouts, closed connections, server shutting down or out of connections
-        → DatabaseUnavailable (503, code database_unavailable, retry-after)
-    anything else (a constraint violation, a bad query) → propagates unchanged
-
-The pool is opened (and migrated) lazily when start-up could not reach the server; concurrent callers share
-one attempt.
-"""
+"""The gateway's PostgreSQL: core.database's bounded calls, migrated on connect, and an outage answered as
+``503 database_unavailable`` with ``retry-after``."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
+from core import database as core_db
 from gateway.db.migrate import migrate
 from gateway.errors import ServiceUnavailable
 
-log = logging.getLogger("gatehouse.db")
-T = TypeVar("T")
-TIMEOUT_S = 2.0  # what a caller waits at most, and asyncpg's connect, command, acquire and release timeouts
-DOWN_FOR_S = 2.0  # after a failure, calls fail at once for this long
-RETRY_AFTER_S = 2
-POOL_MIN, POOL_MAX = 0, 8  # no floor: asyncpg would keep reconnecting (and logging tracebacks) during an outage
-Op = Callable[[asyncpg.Connection], Awaitable[T]]
-
-# the ways a database can be unreachable (everything else is a real error and propagates)
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, ConnectionError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, query cancelled
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-)
-
-# at start-up, also "not reachable yet": the role or the database is still being created
-NOT_YET = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+RETRY_AFTER_S = core_db.RETRY_AFTER_S
 
 
-class DatabaseUnavailable(ServiceUnavailable):
+class DatabaseUnavailable(ServiceUnavailable, core_db.DatabaseUnavailable):
     code = "database_unavailable"
 
     def __init__(self, message: str = "The key database (PostgreSQL) is not reachable; try again shortly."):
-        super().__init__(message, headers={"retry-after": str(RETRY_AFTER_S)})
+        ServiceUnavailable.__init__(self, message, headers={"retry-after": str(RETRY_AFTER_S)})
 
 
-class Database:
-    """An asyncpg pool behind bounded calls. ``url`` (opened lazily) or an open ``pool``."""
+class Database(core_db.Database):
+    unavailable = DatabaseUnavailable
 
-    def __init__(self, url: str | None = None, *, pool: asyncpg.Pool | None = None, timeout_s: float = TIMEOUT_S,
-                 down_for_s: float = DOWN_FOR_S):
-        if url is None and pool is None:
-            raise ValueError("a Database needs a URL or a pool")
-        self.url = url
-        self.pool = pool
-        self.timeout_s = timeout_s
-        self.down_for_s = down_for_s
-        self._opening: asyncio.Future[asyncpg.Pool] | None = None
-        self._down_until = 0.0
-        self._failing = False  # the last call failed (logged once per outage)
-        self._background: set[asyncio.Task[Any]] = set()
-
-    @property
-    def down(self) -> bool:
-        """Whether a recent call failed (calls fail at once until ``DOWN_FOR_S`` has passed)."""
-        return time.monotonic() < self._down_until
-
-    async def open(self) -> bool:
-        """Connect and migrate now (at start-up); False when the server is not reachable. A migration error
-        propagates: the schema and the code disagree, and serving would fail later in worse ways."""
-        try:
-            await self._pool()
-        except (*UNAVAILABLE, *NOT_YET) as e:
-            log.warning("PostgreSQL is not reachable yet (%s); readiness will report it", type(e).__name__)
-            self._mark_down()
-            return False
-        return True
-
-    # ── calls ─────────────────────────────────────────────────────────────────────────────────────────
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self.run(lambda conn: conn.fetch(query, *args, timeout=self.timeout_s))
-
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        return await self.run(lambda conn: conn.fetchrow(query, *args, timeout=self.timeout_s))
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self.run(lambda conn: conn.fetchval(query, *args, timeout=self.timeout_s))
-
-    async def copy_records(self, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
-        """COPY rows in. Waits for the outcome rather than abandoning it after ``timeout_s``: a caller that
-        keeps rows for a retry must know whether they were written (asyncpg's timeouts still bound it)."""
-        await self.run(lambda conn: conn.copy_records_to_table(table, records=records, columns=columns,
-                                                               timeout=self.timeout_s), abandon=False)
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self.fetchval("SELECT 1") == 1)
-        except DatabaseUnavailable:
-            return False
-
-    async def run(self, op: Op[T], *, abandon: bool = True) -> T:
-        """``op(connection)`` on a pooled connection; DatabaseUnavailable within ``timeout_s`` when the server
-        does not answer (``abandon`` False: within asyncpg's own timeouts, up to about three times that)."""
-        if self.down:
-            raise DatabaseUnavailable()
-        task = asyncio.ensure_future(self._on_connection(op))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self.timeout_s if abandon else None)
-        finally:
-            if not task.done():  # timed out, or the caller was cancelled: let it finish on its own
-                self._background.add(task)
-                task.add_done_callback(self._forget)
-        if not done:
-            self._mark_down()
-            raise DatabaseUnavailable()
-        try:
-            result = task.result()
-        except UNAVAILABLE as e:
-            self._mark_down()
-            raise DatabaseUnavailable() from e
-        if self._failing:
-            self._failing = False
-            log.info("PostgreSQL is answering again")
-        return result
-
-    async def close(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), self.timeout_s * 2)
-        except UNAVAILABLE:  # TimeoutError among them
-            pool.terminate()
-
-    # ── internals ─────────────────────────────────────────────────────────────────────────────────────
-    async def _on_connection(self, op: Op[T]) -> T:
-        pool = await self._pool()
-        # the acquire timeout also bounds the release (asyncpg reuses it), which waits for a cancelled query
-        async with pool.acquire(timeout=self.timeout_s) as conn:
-            return await op(conn)
-
-    async def _pool(self) -> asyncpg.Pool:
-        if self.pool is not None:
-            return self.pool
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._connect())
-            self._opening.add_done_callback(self._opened)
-        return await asyncio.shield(self._opening)
-
-    async def _connect(self) -> asyncpg.Pool:
-        pool = await asyncpg.create_pool(self.url, min_size=POOL_MIN, max_size=POOL_MAX, timeout=self.timeout_s,
-                                         command_timeout=self.timeout_s)
-        try:
-            async with pool.acquire(timeout=self.timeout_s) as conn:
-                await migrate(conn)
-        except BaseException:
-            pool.terminate()
-            raise
-        return pool
-
-    def _opened(self, fut: asyncio.Future[asyncpg.Pool]) -> None:
-        self._opening = None
-        if not fut.cancelled() and fut.exception() is None:
-            self.pool = fut.result()
-            log.info("PostgreSQL connected")
-
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("an abandoned database call failed: %s", type(task.exception()).__name__)
-
-    def _mark_down(self) -> None:
-        if not self._failing:
-            log.warning("PostgreSQL is not answering; database calls answer 503 database_unavailable until it does")
-        self._failing = True
-        self._down_until = time.monotonic() + self.down_for_s
+    def __init__(self, url: str | None = None, *, pool: asyncpg.Pool | None = None, **kw: Any):
+        kw.setdefault("prepare", migrate)
+        super().__init__(url, pool=pool, **kw)
