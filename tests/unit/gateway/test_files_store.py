@@ -10,9 +10,9 @@ import httpx
 import pytest
 from starlette.requests import Request
 
+from core import files as store_module
 from gateway.db.database import Database
 from gateway.errors import GatewayError, NotFound
-from gateway.files import store as store_module
 from gateway.files.store import FileStore, new_file_id
 from gateway.files.upload import FORM_OVERHEAD, Limits, Upload
 
