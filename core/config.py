@@ -137,6 +137,14 @@ class GatehouseSettings(EnvFirstSettings):
     # POST /v1/files: the largest file (streamed into PostgreSQL, never held whole), and a batch file's lines
     files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, le=8 * 1024**3)
     files_max_lines: int = Field(default=50_000, ge=1, le=10_000_000)
+    # the Batch API: batch lines of one model queued or running at once, across all batches (a scale-to-zero
+    # Modal app is not flooded), with per-model overrides; and the share of a worker's slots batch lines may take
+    # (the rest stays free for interactive calls)
+    batch_max_concurrent: int = Field(default=64, ge=1, le=100_000)
+    batch_model_concurrency: dict[str, int] = Field(default_factory=dict)
+    batch_worker_share: float = Field(default=0.75, gt=0, le=1)
+    # requests without a `priority` (LiteLLM's field: 0 is the most urgent, 255 the least) get this one
+    default_priority: int = Field(default=128, ge=0, le=255)
     max_tokens_limit: int = Field(default=131_072, ge=1)
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = Field(default="text", pattern=r"^(text|json)$")

@@ -43,13 +43,15 @@ GATEWAY_SCAN_LIMIT = 10_000  # queue entries looked at for a dead gateway's jobs
 REAPER_KEY = "gatehouse:reaper"  # hash: last = when a reaper last ran, since = when reaping last resumed
 REAP_GAP_S = 2.5 * q.HEARTBEAT_INTERVAL_S  # no reap for this long: leases are not judged for one lease
 
-# KEYS: 1 workers zset, 2 busy hash.   ARGV: 1 worker id, 2 jobs running.
+# KEYS: 1 workers zset, then a busy hash per lane.   ARGV: 1 worker id, then jobs running per lane.
 # Returns 1 when the worker was not in the set: its first beat, or it had been declared dead meanwhile.
 HEARTBEAT_LUA = """
 local t = redis.call('TIME')
 local added = redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], 60)
+for i = 2, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[1], ARGV[i])
+  redis.call('EXPIRE', KEYS[i], 60)
+end
 return added
 """
 
@@ -59,7 +61,9 @@ local t = redis.call('TIME')
 return redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
 """
 
-# KEYS: 1 workers zset, 2 queue zset, 3 wake list, 4 busy hash, 5 reaper hash
+# KEYS: 1 workers zset, 2 queue zset, 3 wake list, 4 busy hash, 5 reaper hash, 6 batch queue zset
+# (batch lines, ids starting "batch_", go back to the batch lane; one that cannot run again is only removed:
+# the batch runner notices it is gone and feeds it again or fails it, core.batches)
 # ARGV: 1 lease (s), 2 a worker id to settle now ("" = every worker past its lease), 3 arq's in-progress
 #       prefix, 4 arq's retry prefix, 5 arq's job prefix, 6 running prefix, 7 output prefix, 8 the event
 #       ending a job that cannot run again, 9 output TTL (s), 10 max tries, 11 arq's abort zset,
@@ -89,21 +93,26 @@ for _, w in ipairs(dead) do
   for i = 1, #held, 2 do
     local id, score = held[i], held[i + 1]
     local out = ARGV[7] .. id
+    local line = string.sub(id, 1, 6) == 'batch_'
+    local queue = KEYS[2]
+    if line then queue = KEYS[6] end
     if redis.call('EXISTS', ARGV[5] .. id) == 0 then
       redis.call('DEL', ARGV[3] .. id)
-      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', queue, id)
     elseif redis.call('XLEN', out) == 0 and (tonumber(redis.call('GET', ARGV[4] .. id)) or 0) < tonumber(ARGV[10]) then
       redis.call('DEL', ARGV[3] .. id)
-      redis.call('ZADD', KEYS[2], score, id)
+      redis.call('ZADD', queue, score, id)
       redis.call('LPUSH', KEYS[3], '1')
       redis.call('PEXPIRE', KEYS[3], 60000)
       requeued = requeued + 1
     else
-      redis.call('XADD', out, '*', 'e', ARGV[8])
-      redis.call('XADD', out, '*', 'e', ARGV[12])
-      redis.call('EXPIRE', out, ARGV[9])
+      if not line then
+        redis.call('XADD', out, '*', 'e', ARGV[8])
+        redis.call('XADD', out, '*', 'e', ARGV[12])
+        redis.call('EXPIRE', out, ARGV[9])
+      end
       redis.call('DEL', ARGV[3] .. id, ARGV[4] .. id, ARGV[5] .. id)
-      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', queue, id)
       redis.call('ZREM', ARGV[11], id)
       ended = ended + 1
     end
@@ -112,12 +121,13 @@ for _, w in ipairs(dead) do
   redis.call('ZREM', KEYS[1], w)
   redis.call('HDEL', KEYS[4], w)
 end
-local head = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[13]) - 1)
-for _, id in ipairs(head) do
-  if redis.call('EXISTS', ARGV[5] .. id) == 0 then
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('DEL', ARGV[3] .. id)
-    swept = swept + 1
+for _, queue in ipairs({KEYS[2], KEYS[6]}) do
+  for _, id in ipairs(redis.call('ZRANGE', queue, 0, tonumber(ARGV[13]) - 1)) do
+    if redis.call('EXISTS', ARGV[5] .. id) == 0 then
+      redis.call('ZREM', queue, id)
+      redis.call('DEL', ARGV[3] .. id)
+      swept = swept + 1
+    end
   end
 end
 return {#dead, requeued, ended, swept}
@@ -203,7 +213,7 @@ class Reaped:
 
 
 def reap_keys(queue: str) -> list[str]:
-    return [q.WORKERS_KEY, queue, q.wake_key(queue), q.busy_key(q.lane_of(queue)), REAPER_KEY]
+    return [q.WORKERS_KEY, queue, q.wake_key(queue), q.busy_key(q.lane_of(queue)), REAPER_KEY, q.BATCH_QUEUE]
 
 
 def reap_args(*, worker_id: str = "", event: bytes = LOST_EVENT) -> list[str | bytes | float | int]:

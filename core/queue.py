@@ -40,7 +40,10 @@ RUNNING_KEY_PREFIX = "gatehouse:running:"  # hash per worker: job id -> queue sc
 SCALING_KEY = "gatehouse:scaling"  # hash: worker id -> JSON of its hybrid-scaling report (seed 004)
 SCALING_INTERVAL_S = 5.0
 BUSY_KEY_PREFIX = "gatehouse:busy:"  # hash per lane: worker id -> jobs it is running (updated each heartbeat)
-LANES = {"interactive": INTERACTIVE_QUEUE}  # lane name (a metric label) -> its arq queue
+BATCH_QUEUE = "gatehouse:queue:batch"  # batch lines (core.batches): claimed only after interactive jobs
+LANES = {"interactive": INTERACTIVE_QUEUE, "batch": BATCH_QUEUE}  # lane name (a metric label) -> its arq queue
+FAIR_KEY_PREFIX = "gatehouse:fair:"  # hash per lane: the fair-queuing clocks (FAIR_SCORE_LUA)
+PRIORITY_BAND = 10**12  # queue score = priority * PRIORITY_BAND + the job's virtual start (see FAIR_SCORE_LUA)
 ARQ_JOB_PREFIX = "arq:job:"
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
@@ -62,6 +65,10 @@ def wake_key(queue: str) -> str:
 
 def output_key(request_id: str) -> str:
     return OUTPUT_STREAM_PREFIX + request_id
+
+
+def fair_key(queue: str) -> str:
+    return FAIR_KEY_PREFIX + lane_of(queue)
 
 
 def running_key(worker_id: str) -> str:
@@ -124,12 +131,15 @@ class JobSpec:
     enqueued_at: float = field(default_factory=time.time)
     trace: dict[str, Any] | None = None  # observability.calls.TraceContext, when tracing is on
     origin: str | None = None  # the gateway whose client waits for the answer (its lease: core.leases)
+    tenant: str = ""  # whose job it is (team, else key): jobs are claimed fairly across tenants
+    priority: int = 128  # LiteLLM's scale: 0 is claimed first, 255 last
 
     def to_dict(self) -> dict[str, Any]:
         # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
         return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
                 "deadline": self.deadline, "params": self.params.to_dict(), "enqueued_at": self.enqueued_at,
-                "trace": self.trace, "origin": self.origin}
+                "trace": self.trace, "origin": self.origin, "tenant": self.tenant,
+                "priority": self.priority}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
@@ -137,7 +147,8 @@ class JobSpec:
         return cls(id=d["id"], kind=d["kind"], model=d["model"], body=d["body"], stream=bool(d["stream"]),
                    deadline=float(d["deadline"]), params=SamplingParams.from_dict(d.get("params")),
                    enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"),
-                   origin=d.get("origin"))
+                   origin=d.get("origin"), tenant=str(d.get("tenant") or ""),
+                   priority=int(d.get("priority", 128)))
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -198,14 +209,31 @@ def error_event(status: int, message: str, type_: str, code: str | None = None, 
     return dumps({"k": "error", "status": status, "type": type_, "code": code, "message": message, "param": param})
 
 
+# ── fair queuing ──────────────────────────────────────────────────────────────────────────────────────
+# Start-time fair queuing, computed where a job is queued. Each tenant's next job starts at the later of the
+# lane's virtual clock (the start of the last job claimed) and the end of that tenant's previous job; a job
+# costs 1. So a tenant with 5,000 queued jobs holds the 5,000 places after the clock, and a tenant that sends
+# 5 now gets places right after the clock too, in between: the queue, ordered by score, interleaves tenants
+# and the claim stays a plain range read. Priority bands sit above that: every job of priority 0 comes before
+# any of priority 1, and each band has its own clock. Scores are integers below 2^53 (exact as doubles).
+FAIR_SCORE_LUA = """
+local function fair_score(fair, tenant, prio)
+  local vnow = tonumber(redis.call('HGET', fair, 'now:' .. prio) or '0')
+  local field = prio .. ':' .. tenant
+  local start = math.max(vnow, tonumber(redis.call('HGET', fair, field) or '0'))
+  redis.call('HSET', fair, field, start + 1)
+  return string.format('%.0f', prio * 1e12 + start)
+end
+"""
+
 # ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
-# KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream
-# ARGV: 1 job id, 2 payload, 3 score (ms), 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s)
+# KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream, 5 the lane's fair hash
+# ARGV: 1 job id, 2 payload, 3 tenant, 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s), 8 priority
 # Returns the queue depth after enqueue, -1 when the queue is full, -2 for a duplicate id (nothing queued).
-# One round trip, atomic: depth check + job + queue entry + wake token. Job ids are unique request ids, so
-# arq's WATCH-based duplicate check is unnecessary. On refusal the script also writes the refusal to the
-# request's output stream, so a read pipelined behind it (gateway/enqueue.py) returns at once.
-ENQUEUE_LUA = """
+# One round trip, atomic: depth check + fair place + job + queue entry + wake token. Job ids are unique
+# request ids, so arq's WATCH-based duplicate check is unnecessary. On refusal the script also writes the
+# refusal to the request's output stream, so a read pipelined behind it (gateway/enqueue.py) returns at once.
+ENQUEUE_LUA = FAIR_SCORE_LUA + """
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local depth = redis.call('ZCARD', KEYS[1])
 if depth >= tonumber(ARGV[5]) then
@@ -215,7 +243,7 @@ if depth >= tonumber(ARGV[5]) then
   return -1
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[1], fair_score(KEYS[5], ARGV[3], tonumber(ARGV[8])), ARGV[1])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('PEXPIRE', KEYS[3], 60000)
 return depth + 1
@@ -223,37 +251,55 @@ return depth + 1
 QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.", "server_error", "queue_full")
 
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
-# KEYS: 1 queue zset.  ARGV: 1 now (ms), 2 in-progress TTL (ms), 3 arq's in-progress key prefix,
-#                            4 most jobs to claim, 5 most queue entries to look at, 6 arq's job key prefix,
-#                            7 arq's retry key prefix, 8 arq's abort zset, 9 retry key TTL (s),
-#                            10 this worker's running hash (core.leases reaps it if the worker dies)
-# Reads the due jobs and, for each one not already running elsewhere, takes arq's in-progress lock and does
-# what arq's run_job would do next: fetch the job, count the try, take it off the abort set. Each job is
-# recorded in the worker's running hash until its end-of-job transaction removes it.
+# KEYS: 1 interactive queue, 2 its fair hash, 3 batch queue, 4 its fair hash
+# ARGV: 1 most jobs to claim, 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4 most batch lines to
+#       claim (within ARGV[1]), 5 most queue entries to look at per lane, 6 arq's job key prefix, 7 arq's retry
+#       key prefix, 8 arq's abort zset, 9 retry key TTL (s), 10 this worker's running hash (core.leases reaps it)
+# Interactive jobs first, then batch lines with what is left; each lane in score order (priority, then fair
+# share: FAIR_SCORE_LUA), and each lane's clock moves to the start of the latest job claimed. For each job not
+# already running elsewhere it takes arq's in-progress lock and does what arq's run_job would do next: fetch
+# the job, count the try, take it off the abort set. Each job is recorded in the worker's running hash until
+# its end-of-job transaction removes it.
 # Returns a flat list [id, score, payload|nil, try, aborted(0|1), ...] of the jobs this worker now owns: arq's
 # ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's GET/INCR/EXPIRE/ZREM, in one
-# round trip for the whole batch.
+# round trip for both lanes.
 CLAIM_FIELDS = 5
 CLAIM_LUA = """
 local out = {}
-local want = tonumber(ARGV[4]) * 5
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[5])
-for i = 1, #due, 2 do
-  if #out >= want then break end
-  local id = due[i]
-  local lock = ARGV[3] .. id
-  if redis.call('EXISTS', lock) == 0 then
-    redis.call('SET', lock, '1', 'PX', ARGV[2])
-    redis.call('HSET', ARGV[10], id, due[i + 1])
-    local tries = redis.call('INCR', ARGV[7] .. id)
-    redis.call('EXPIRE', ARGV[7] .. id, ARGV[9])
-    out[#out + 1] = id
-    out[#out + 1] = due[i + 1]
-    out[#out + 1] = redis.call('GET', ARGV[6] .. id)
-    out[#out + 1] = tries
-    out[#out + 1] = redis.call('ZREM', ARGV[8], id)
+local function claim(queue, fair, want)
+  if want <= 0 then return end
+  local taken, clocks = 0, {}
+  local head = redis.call('ZRANGE', queue, 0, tonumber(ARGV[5]) - 1, 'WITHSCORES')
+  for i = 1, #head, 2 do
+    if taken >= want then break end
+    local id = head[i]
+    local lock = ARGV[3] .. id
+    if redis.call('EXISTS', lock) == 0 then
+      redis.call('SET', lock, '1', 'PX', ARGV[2])
+      redis.call('HSET', ARGV[10], id, head[i + 1])
+      local tries = redis.call('INCR', ARGV[7] .. id)
+      redis.call('EXPIRE', ARGV[7] .. id, ARGV[9])
+      out[#out + 1] = id
+      out[#out + 1] = head[i + 1]
+      out[#out + 1] = redis.call('GET', ARGV[6] .. id)
+      out[#out + 1] = tries
+      out[#out + 1] = redis.call('ZREM', ARGV[8], id)
+      taken = taken + 1
+      local score = tonumber(head[i + 1])
+      local band = math.floor(score / 1e12)
+      local start = score - band * 1e12
+      if clocks[band] == nil or start > clocks[band] then clocks[band] = start end
+    end
   end
+  for band, start in pairs(clocks) do
+    local now = tonumber(redis.call('HGET', fair, 'now:' .. band) or '0')
+    if start > now then redis.call('HSET', fair, 'now:' .. band, string.format('%.0f', start)) end
+  end
+  return taken
 end
+local want = tonumber(ARGV[1])
+local got = claim(KEYS[1], KEYS[2], want) or 0
+claim(KEYS[3], KEYS[4], math.min(want - got, tonumber(ARGV[4])))
 return out
 """
 RETRY_KEY_TTL_S = 88_400  # arq's own TTL for its retry counters

@@ -34,6 +34,7 @@ from gateway.errors import (
     from_validation_error,
 )
 from gateway.limits import Admission
+from gateway.priority import priority_for, tenant_of
 from gateway.relay import SSE_HEADERS, Outcome, Shape, SSEResponse, collect, read_batches, read_events, sse_stream
 from gateway.services import Services, services
 from observability.calls import TraceContext
@@ -132,6 +133,8 @@ class Generation:
         """Enqueue ``req`` (``body``: the client's raw body) and answer with the worker's output."""
         rid = request_id(request.scope)
         kind, model, stream = req.kind, req.model, req.streams()
+        # LiteLLM's `priority` is the gateway's to honour, not the model's (vLLM refuses one it is not set up for)
+        priority = priority_for(self.principal, body.pop("priority", None), self.settings.default_priority)
         admission = await self.svc.limiter.admit(rid, self.svc.scopes(self.principal))  # 429 here
         headers = admission.headers if admission else {}
         outcome = Outcome(kind=kind)
@@ -140,6 +143,7 @@ class Generation:
                                                                           stream),
                               trace=self._trace_context(request) if self.svc.tracing else None)
             spec.origin = self.svc.reaper.gateway_id  # if this gateway dies, nobody waits for the answer
+            spec.tenant, spec.priority = tenant_of(self.principal), priority
             first = await self.svc.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             if stream:

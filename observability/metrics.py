@@ -109,12 +109,15 @@ QRNG_FALLBACK_ACTIVE = Gauge("gatehouse_qrng_fallback_active",
 QRNG_FALLBACKS = Counter("gatehouse_qrng_fallback_bytes", "Entropy bytes drawn from the OS fallback, not the QRNG.")
 TRACING_DROPPED = Counter("gatehouse_tracing_dropped_spans",
                           "Trace spans dropped instead of exported (queue full or Langfuse unreachable).", ["reason"])
+BATCH_LINES = Counter("gatehouse_batch_lines", "Batch lines finished, by status (completed/failed/cancelled/expired).",
+                      ["status"])
 TRACING_EXPORTED = Counter("gatehouse_tracing_exported_spans", "Trace spans accepted by Langfuse.")
 
 AUTH_REASONS = ("missing", "invalid", "expired", "jwt_invalid", "forbidden")
 JOB_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 RATE_LIMIT_SCOPES = ("key", "jwt", "team")
 RATE_LIMITS = ("rpm", "tpm", "parallel", "budget")
+BATCH_LINE_STATUSES = ("completed", "failed", "cancelled", "expired")
 RETRY_REASONS = ("server_error", "rate_limited", "unreachable", "cold_start")
 
 
@@ -138,6 +141,8 @@ def prime(lanes: Iterable[str], models: Iterable[str]) -> None:
         SPEND.labels(model, "")
         for token_type in ("input", "output"):
             TOKENS.labels(model, token_type, "")
+    for status in BATCH_LINE_STATUSES:
+        BATCH_LINES.labels(status)
     for reason in ("queue_full", "export_failed"):
         TRACING_DROPPED.labels(reason)
 

@@ -11,10 +11,12 @@ from arq.connections import RedisSettings
 
 from core import queue as q
 from core.config import Config
+from core.database import Database
 from core.pricing import price_list
 from observability import metrics
 from observability.jobs import JobObserver
 from workers.backends import Backends
+from workers.batches.runner import BatchRunner
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState
 from workers.worker import GatehouseWorker
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from observability.tracing import Tracer
 
 log = logging.getLogger("gatehouse.worker")
+BATCH_DB_TIMEOUT_S = 10.0  # the batch runner's statements write thousands of lines at once
 
 
 def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
@@ -32,6 +35,8 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
     backends = Backends(config)
     lane = q.lane_of(q.INTERACTIVE_QUEUE)
     tracer: Tracer | None = None
+    batch_task: asyncio.Task[None] | None = None
+    batch_runner: BatchRunner | None = None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         nonlocal tracer
@@ -52,8 +57,17 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
                                backend_kinds={name: e.backend for name, e in models.items()},
                                prices=price_list(models))
         ctx[STATE_KEY] = WorkerState(redis=worker.pool, backends=backends, observer=observer)
+        if s.database_url:  # the Batch API keeps batches in PostgreSQL: without one there are none to run
+            nonlocal batch_task, batch_runner
+            batch_runner = BatchRunner(worker.pool, Database(s.database_url, timeout_s=BATCH_DB_TIMEOUT_S), config,
+                                       worker.worker_id)
+            batch_task = asyncio.get_running_loop().create_task(batch_runner.run())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if batch_task is not None and batch_runner is not None:
+            batch_task.cancel()
+            await asyncio.gather(batch_task, return_exceptions=True)
+            await batch_runner.aclose()
         await backends.aclose()
         if tracer is not None:
             await asyncio.to_thread(tracer.shutdown)  # flush what is queued, bounded by its shutdown timeout
@@ -84,4 +98,5 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         job_deserializer=q.loads,
         log_results=False,
     )
+    worker.batch_share = s.batch_worker_share
     return worker

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arq.connections import create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from core import leases
 from core import queue as q
+from core.batches import LINE_JOB_PREFIX, RESULTS_STREAM, done_key, parse_line_job
 from workers.events import EventWriter
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState, state_of
@@ -70,6 +70,9 @@ class GatehouseWorker(Worker):
         self._handed_back: set[str] = set()  # jobs cut short by shutdown: settled by hand_back, not finish_job
         self._unfinished: list[str] = []  # jobs whose end-of-job bookkeeping met a Redis outage
         self._redis_down_since: float | None = None
+        self._lanes = [q.INTERACTIVE_QUEUE, q.fair_key(q.INTERACTIVE_QUEUE), q.BATCH_QUEUE, q.fair_key(q.BATCH_QUEUE)]
+        self._batch_running = 0  # batch lines among this worker's jobs
+        self.batch_share = 1.0  # of max_jobs, at most, for batch lines (set by workers.assemble)
 
     @property
     def state(self) -> WorkerState:
@@ -123,6 +126,11 @@ class GatehouseWorker(Worker):
             for t in side_tasks:
                 t.cancel()
 
+    def _batch_room(self, free: int) -> int:
+        """How many batch lines to claim now: within ``batch_share`` of the slots, so interactive calls always
+        find some free."""
+        return max(0, min(free, int(self.max_jobs * self.batch_share) - self._batch_running))
+
     async def _redis_lost(self, e: BaseException) -> None:
         """Redis is unreachable: say so once, keep running jobs, and try again with a growing pause."""
         now = time.monotonic()
@@ -146,14 +154,16 @@ class GatehouseWorker(Worker):
         """arq's poll iteration, with the queue read and the per-job locks in one Lua call (CLAIM_LUA)."""
         free = self.max_jobs - self.job_counter
         if self.allow_pick_jobs and free > 0:
-            claimed = await self._claim(keys=[self.queue_name],
-                                        args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000),
-                                              in_progress_key_prefix, free, self.queue_read_limit, job_key_prefix,
+            claimed = await self._claim(keys=self._lanes,
+                                        args=[free, int(self.in_progress_timeout_s * 1000), in_progress_key_prefix,
+                                              self._batch_room(free), self.queue_read_limit, job_key_prefix,
                                               retry_key_prefix, abort_jobs_ss, q.RETRY_KEY_TTL_S,
                                               q.running_key(self.worker_id)])
             for i in range(0, len(claimed), q.CLAIM_FIELDS):
                 job_id, score, payload, tries, aborted = claimed[i:i + q.CLAIM_FIELDS]
                 job_id = job_id.decode()
+                if job_id.startswith(LINE_JOB_PREFIX):
+                    self._batch_running += 1
                 self._claimed[job_id] = Claimed(payload, int(tries), bool(aborted))
                 await self.sem.acquire()  # never blocks: at most `free` jobs were claimed
                 self.job_counter += 1
@@ -208,6 +218,8 @@ class GatehouseWorker(Worker):
             finally:
                 self.job_tasks.pop(job_id, None)
         finally:
+            if job_id.startswith(LINE_JOB_PREFIX):
+                self._batch_running -= 1
             if job_id in self._handed_back:
                 self._handed_back.discard(job_id)
             else:
@@ -259,15 +271,22 @@ class GatehouseWorker(Worker):
                                      incr_score, keep_in_progress)
             await self._command("HDEL", running, job_id)
             return
-        out = q.output_key(job_id)
+        line = parse_line_job(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
-            if events:
-                tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
-                tr.expire(out, q.OUTPUT_TTL_S)
+            if line is not None:  # a batch line: its result goes to the batch runner, with the line marked done
+                if events:
+                    tr.xadd(RESULTS_STREAM, {b"j": job_id, q.EVENT_FIELD: q.pack_events(events)})
+                    tr.hset(done_key(line[0]), str(line[1]), "1")
+                tr.zrem(q.BATCH_QUEUE, job_id)
+            else:
+                if events:
+                    out = q.output_key(job_id)
+                    tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
+                    tr.expire(out, q.OUTPUT_TTL_S)
+                tr.zrem(self.queue_name, job_id)
             tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
             tr.hdel(running, job_id)
             tr.zrem(abort_jobs_ss, job_id)
-            tr.zrem(self.queue_name, job_id)
             await tr.execute()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
@@ -276,11 +295,12 @@ class GatehouseWorker(Worker):
 
     async def _keep_lease(self) -> None:
         """Beat every HEARTBEAT_INTERVAL_S, then reap the jobs of workers whose lease ran out (core.leases)."""
-        busy = q.busy_key(q.lane_of(self.queue_name))
+        busy = [q.busy_key(lane) for lane in q.LANES]
         first = True
         while True:
             try:
-                added = await self._beat(keys=[q.WORKERS_KEY, busy], args=[self.worker_id, self.job_counter])
+                added = await self._beat(keys=[q.WORKERS_KEY, *busy], args=[
+                    self.worker_id, self.job_counter - self._batch_running, self._batch_running])
                 if added and not first:
                     self._declared_dead()
                 first = False
