@@ -224,8 +224,8 @@ def not_run(line: int, custom_id: str, code: str, message: str) -> LineResult:
 
 
 # ── feeding the batch lane ────────────────────────────────────────────────────────────────────────────
-# KEYS: 1 batch queue, 2 wake list, 3 fair hash, 4 the batch's done hash
-# ARGV: per line (6): job id, arq job key, payload, ttl (ms), tenant, priority, then line number
+# KEYS: 1 batch queue, 2 wake list, 3 fair hash, 4 the batch's done hash, 5 the lane's tenants hash
+# ARGV: per line (7): job id, arq job key, payload, ttl (ms), tenant, priority, line number
 # Returns per line: 1 queued, 0 already queued or running, -1 finished (its result is on its way). A wake-up
 # token per line queued: each can wake a different worker.
 FEED_LUA = """
@@ -239,6 +239,7 @@ for i = 1, #ARGV, 7 do
     local score = fair_score(KEYS[3], ARGV[i + 4], tonumber(ARGV[i + 5]))
     redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'PX', ARGV[i + 3])
     redis.call('ZADD', KEYS[1], score, ARGV[i])
+    redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 4])
     out[#out + 1] = 1
     queued = queued + 1
   end

@@ -42,7 +42,8 @@ SCALING_INTERVAL_S = 5.0
 BUSY_KEY_PREFIX = "gatehouse:busy:"  # hash per lane: worker id -> jobs it is running (updated each heartbeat)
 BATCH_QUEUE = "gatehouse:queue:batch"  # batch lines (core.batches): claimed only after interactive jobs
 LANES = {"interactive": INTERACTIVE_QUEUE, "batch": BATCH_QUEUE}  # lane name (a metric label) -> its arq queue
-FAIR_KEY_PREFIX = "gatehouse:fair:"  # hash per lane: the fair-queuing clocks (FAIR_SCORE_LUA)
+FAIR_KEY_SUFFIX = ":fair"  # hash per queue: the fair-queuing clocks and places (FAIR_SCORE_LUA)
+TENANTS_KEY_SUFFIX = ":tenants"  # hash per queue: job id -> tenant, while queued (lane depths per tenant)
 PRIORITY_BAND = 10**12  # queue score = priority * PRIORITY_BAND + the job's virtual start (see FAIR_SCORE_LUA)
 ARQ_JOB_PREFIX = "arq:job:"
 
@@ -68,7 +69,11 @@ def output_key(request_id: str) -> str:
 
 
 def fair_key(queue: str) -> str:
-    return FAIR_KEY_PREFIX + lane_of(queue)
+    return queue + FAIR_KEY_SUFFIX
+
+
+def tenants_key(queue: str) -> str:
+    return queue + TENANTS_KEY_SUFFIX
 
 
 def running_key(worker_id: str) -> str:
@@ -148,10 +153,17 @@ class JobSpec:
                    deadline=float(d["deadline"]), params=SamplingParams.from_dict(d.get("params")),
                    enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"),
                    origin=d.get("origin"), tenant=str(d.get("tenant") or ""),
-                   priority=int(d.get("priority", 128)))
+                   priority=_priority(d.get("priority")))
 
     def remaining(self) -> float:
         return self.deadline - time.time()
+
+
+def _priority(value: Any) -> int:
+    """A job's priority as the claim script needs it: an integer 0..255, else the default."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    return 128
 
 
 def dumps(obj: Any) -> bytes:
@@ -227,10 +239,10 @@ end
 """
 
 # ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
-# KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream, 5 the lane's fair hash
+# KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream, 5 the lane's fair hash, 6 its tenants hash
 # ARGV: 1 job id, 2 payload, 3 tenant, 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s), 8 priority
 # Returns the queue depth after enqueue, -1 when the queue is full, -2 for a duplicate id (nothing queued).
-# One round trip, atomic: depth check + fair place + job + queue entry + wake token. Job ids are unique
+# One round trip, atomic: depth check + fair place + job + queue entry + its tenant + wake token. Job ids are unique
 # request ids, so arq's WATCH-based duplicate check is unnecessary. On refusal the script also writes the
 # refusal to the request's output stream, so a read pipelined behind it (gateway/enqueue.py) returns at once.
 ENQUEUE_LUA = FAIR_SCORE_LUA + """
@@ -244,6 +256,7 @@ if depth >= tonumber(ARGV[5]) then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[1], fair_score(KEYS[5], ARGV[3], tonumber(ARGV[8])), ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('PEXPIRE', KEYS[3], 60000)
 return depth + 1

@@ -33,6 +33,7 @@ class JobQueue:
         self.max_depth = max_depth
         self._wake = q.wake_key(name)
         self._fair = q.fair_key(name)
+        self._tenants = q.tenants_key(name)
         self._background: set[asyncio.Task[None]] = set()
         self._consumed: list[str] = []
         self._unlinker: asyncio.Task[None] | None = None
@@ -47,10 +48,11 @@ class JobQueue:
         async with self.redis.pipeline(transaction=False) as pipe:
             # EVAL, not EVALSHA: no NOSCRIPT failure mode after a Redis restart, and Redis caches the script
             # (redis-py types script arguments as str; bytes and ints are what Redis gets either way)
-            args: list[Any] = [self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key, self._fair, spec.id,
+            args: list[Any] = [self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key, self._fair, self._tenants,
+                               spec.id,
                                q.serialize_job(spec, now_ms), spec.tenant, remaining_ms, self.max_depth,
                                q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S, spec.priority]
-            pipe.eval(q.ENQUEUE_LUA, 5, *args)
+            pipe.eval(q.ENQUEUE_LUA, 6, *args)
             pipe.xread({out_key: b"0-0"}, count=1024, block=min(FIRST_READ_MS, remaining_ms))
             depth, first = await pipe.execute()
         if depth == -1:
@@ -63,6 +65,7 @@ class JobQueue:
         """Drop a job that has not started and tell the worker running it (if any) to stop."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.name, request_id)
+            pipe.hdel(self._tenants, request_id)
             pipe.publish(q.CANCEL_CHANNEL, request_id)
             await pipe.execute()
 

@@ -36,5 +36,10 @@ def priority_for(principal: Principal, requested: Any, default: int) -> int:
 
 
 def tenant_of(principal: Principal) -> str:
-    """Whose turn a job takes in fair queuing: the team's, else the key's (or the JWT subject's)."""
-    return principal.team_id or principal.key_id or principal.id
+    """Whose turn a job takes in fair queuing: the team's, else the key's (or the JWT subject's), named with
+    its kind so that a team and a key of the same name stay apart (``team:ml``, ``key:…``, ``jwt:…``)."""
+    if principal.team_id:
+        return f"team:{principal.team_id}"
+    if principal.key_id:
+        return f"key:{principal.key_id}"
+    return principal.id if principal.kind == "master" else f"{principal.kind}:{principal.id}"

@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from core import lanes as lanes_module
 from core import queue as q
 
 
@@ -24,6 +25,7 @@ class QueueState:
     workers_live: int = 0
     heartbeat_age_s: float = 0.0  # the stalest live worker's heartbeat age
     up: bool = True
+    tenants: lanes_module.LaneTenants = field(default_factory=lanes_module.LaneTenants)  # per tenant
 
     def waiting(self, lane: str) -> int:
         return max(0, self.queued.get(lane, 0) - self.running.get(lane, 0))
@@ -37,9 +39,10 @@ async def read_state(redis: Redis, lanes: dict[str, str] = q.LANES) -> QueueStat
         pipe.zrangebyscore(q.WORKERS_KEY, now - q.HEARTBEAT_FRESH_S, "+inf", withscores=True)
         for lane in lanes:
             pipe.hgetall(q.busy_key(lane))
+        lanes_module.queue_tenant_depths(pipe, lanes)
         replies = await pipe.execute()
     n = len(lanes)
-    state = QueueState()
+    state = QueueState(tenants=lanes_module.parse(replies[-1], lanes))
     live = {(w.decode() if isinstance(w, bytes) else w): ts for w, ts in replies[n]}
     state.workers_live = len(live)
     state.heartbeat_age_s = max((now - ts for ts in live.values()), default=0.0)
@@ -52,10 +55,12 @@ async def read_state(redis: Redis, lanes: dict[str, str] = q.LANES) -> QueueStat
 
 
 class QueueStateCollector(Collector):
-    """Renders one ``QueueState`` snapshot as gauges."""
+    """Renders one ``QueueState`` snapshot as gauges; the per-tenant depth only with ``tenant_labels`` (tenant
+    names are team and key ids: an operator's choice to expose, as for spend)."""
 
-    def __init__(self, state: QueueState):
+    def __init__(self, state: QueueState, *, tenant_labels: bool = False):
         self.state = state
+        self.tenant_labels = tenant_labels
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         s = self.state
@@ -73,6 +78,18 @@ class QueueStateCollector(Collector):
             inflight.add_metric([lane], float(s.running.get(lane, 0)))
         yield depth
         yield inflight
+        tenants = GaugeMetricFamily("gatehouse_queue_tenants", "Tenants (teams, else keys) with jobs waiting, "
+                                    "per lane.", labels=["lane"])
+        for lane, by_tenant in s.tenants.lanes.items():
+            tenants.add_metric([lane], float(sum(1 for d in by_tenant.values() if d.waiting)))
+        yield tenants
+        if self.tenant_labels:
+            per = GaugeMetricFamily("gatehouse_queue_tenant_depth", "Jobs waiting in each lane, per tenant.",
+                                    labels=["lane", "tenant"])
+            for lane, by_tenant in s.tenants.lanes.items():
+                for tenant, d in by_tenant.items():
+                    per.add_metric([lane, tenant], float(d.waiting))
+            yield per
         live = GaugeMetricFamily("gatehouse_workers_live", "Workers whose heartbeat is fresh.")
         live.add_metric([], float(s.workers_live))
         yield live

@@ -57,7 +57,7 @@ def exported_names() -> set[str]:
         else:
             names.add(name)
     state = QueueState(queued={"interactive": 0}, running={"interactive": 0})
-    names.update(family.name for family in QueueStateCollector(state).collect())
+    names.update(family.name for family in QueueStateCollector(state, tenant_labels=True).collect())
     return names
 
 
@@ -381,7 +381,8 @@ def test_dashboards_cover_the_issue() -> None:
                                "gatehouse_queue_wait_seconds_bucket",
                                "gatehouse_workers_live", "gatehouse_worker_heartbeat_age_seconds",
                                "gatehouse_jobs_total", "gatehouse_backend_errors_total",
-                               "gatehouse_backend_retries_total"},
+                               "gatehouse_backend_retries_total", "gatehouse_batch_lines_total",
+                               "gatehouse_queue_tenants", "gatehouse_queue_tenant_depth"},
         "tenants-spend.json": {"gatehouse_spend_usd_total", "gatehouse_tokens_total",
                                "gatehouse_rate_limit_rejections_total", "gatehouse_auth_failures_total"},
         "gpu-apps.json": {"gatehouse_modal_cold_starts_total", "gen_ai_client_operation_duration_seconds_bucket",

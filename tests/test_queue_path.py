@@ -174,3 +174,31 @@ def test_redis_down_gives_503_not_500(tmp_path, stack) -> None:  # type: ignore[
         assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
     finally:
         stop_processes([proc])
+
+
+async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: ignore[no-untyped-def]
+    """/health counts what each tenant has waiting and running per lane; names them only to an admin."""
+    from conftest import create_key
+
+    flood, small = create_key(stack, key_alias="flood"), create_key(stack, team_id="team-lanes")
+    body = {"model": "slow", "delay": 1.5, "messages": [{"role": "user", "content": "x"}]}
+
+    async def call(c: httpx.AsyncClient, key: str) -> int:
+        r = await c.post(stack.base_url + "/v1/chat/completions", json=body,
+                         headers={"authorization": f"Bearer {key}"})
+        return r.status_code
+
+    async with httpx.AsyncClient(timeout=30) as c:
+        calls = [asyncio.create_task(call(c, flood["key"])) for _ in range(24)]
+        calls += [asyncio.create_task(call(c, small["key"])) for _ in range(3)]
+        await asyncio.sleep(0.7)  # all queued; the first ones running
+        named = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["lanes"]["interactive"]
+        public = (await c.get(stack.base_url + "/health")).json()["lanes"]["interactive"]
+        assert sorted(await asyncio.gather(*calls)) == [200] * 27
+        after = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["lanes"]["interactive"]
+    by = named["by_tenant"]
+    mine = {t: d["waiting"] + d["running"] for t, d in by.items() if t in (f"key:{flood['key_id']}", "team:team-lanes")}
+    assert mine == {f"key:{flood['key_id']}": 24, "team:team-lanes": 3}
+    assert named["running"] >= 27  # this stack's worker runs up to 256 at once: all of them are running
+    assert "by_tenant" not in public and public["tenants"] >= 2  # counted, not named
+    assert not {f"key:{flood['key_id']}", "team:team-lanes"} & set(after.get("by_tenant", {}))

@@ -278,12 +278,14 @@ class GatehouseWorker(Worker):
                     tr.xadd(RESULTS_STREAM, {b"j": job_id, q.EVENT_FIELD: q.pack_events(events)})
                     tr.hset(done_key(line[0]), str(line[1]), "1")
                 tr.zrem(q.BATCH_QUEUE, job_id)
+                tr.hdel(q.tenants_key(q.BATCH_QUEUE), job_id)
             else:
                 if events:
                     out = q.output_key(job_id)
                     tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
                     tr.expire(out, q.OUTPUT_TTL_S)
                 tr.zrem(self.queue_name, job_id)
+                tr.hdel(q.tenants_key(self.queue_name), job_id)
             tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
             tr.hdel(running, job_id)
             tr.zrem(abort_jobs_ss, job_id)

@@ -11,9 +11,10 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from core import __version__
+from core import __version__, lanes
 from core import queue as q
 from core import schemas as p
+from core.batchstore import BatchStore
 from gateway.services import Services, services
 
 router = APIRouter()
@@ -55,6 +56,54 @@ async def _scaling(svc: Services) -> dict[str, Any]:
         return {}
 
 
+async def _shows_tenants(svc: Services, request: Request) -> bool:
+    """Tenant names (team and key ids) are shown to an admin caller, or to all with metrics.tenant_labels."""
+    if svc.config.settings.metrics.tenant_labels:
+        return True
+    if not (request.headers.get("authorization") or request.headers.get("x-api-key")):
+        return False
+    try:
+        return (await svc.auth.authenticate(request)).is_admin
+    except Exception:  # noqa: BLE001 - a bad credential on a probe is not an error: no names, that is all
+        return False
+
+
+async def _lanes(svc: Services, named: bool) -> dict[str, Any]:
+    """Per lane: jobs waiting and running, per tenant (named, or only counted)."""
+    try:
+        depths = await asyncio.wait_for(lanes.tenant_depths(svc.redis), 2)
+    except Exception:  # noqa: BLE001 - the summary is best effort
+        return {}
+    out: dict[str, Any] = {}
+    for lane, by_tenant in depths.lanes.items():
+        entry: dict[str, Any] = {"waiting": sum(d.waiting for d in by_tenant.values()),
+                                 "running": sum(d.running for d in by_tenant.values()),
+                                 "tenants": len(by_tenant)}
+        if named:
+            entry["by_tenant"] = {t: {"waiting": d.waiting, "running": d.running}
+                                  for t, d in sorted(by_tenant.items(), key=lambda kv: -kv[1].waiting)}
+        out[lane] = entry
+    return out
+
+
+async def _batch_backlog(svc: Services, named: bool) -> dict[str, Any] | None:
+    """Lines of batches in progress still to run (PostgreSQL: the batch lane holds only what is fed)."""
+    db = await svc.database()
+    if db is None:
+        return None
+    try:
+        rows = await BatchStore(db).backlog()
+    except Exception:  # noqa: BLE001 - the summary is best effort
+        return None
+    pending: dict[str, int] = {}
+    for tenant, _model, n in rows:
+        pending[tenant] = pending.get(tenant, 0) + n
+    out: dict[str, Any] = {"pending_lines": sum(pending.values()), "tenants": len(pending)}
+    if named:
+        out["by_tenant"] = dict(sorted(pending.items(), key=lambda kv: -kv[1]))
+    return out
+
+
 def _json(obj: dict[str, Any], status: int = 200) -> Response:
     return Response(p.dumps_json(obj), status_code=status, media_type="application/json")
 
@@ -81,6 +130,9 @@ async def summary(request: Request) -> Response:
     depth = await svc.queue.depth() if redis_ok else None
     workers = await fresh_workers(svc) if redis_ok else 0
     scaling = await _scaling(svc) if redis_ok else {}
+    named = await _shows_tenants(svc, request)
+    lane_depths = await _lanes(svc, named) if redis_ok else {}
+    backlog = await _batch_backlog(svc, named) if db_ok else None
     return _json({
         "status": "healthy" if redis_ok and db_ok and workers else "degraded",
         "version": __version__,
@@ -88,6 +140,8 @@ async def summary(request: Request) -> Response:
         "redis": redis_ok,
         "postgres": db_ok,
         "queue": {"name": svc.queue.name, "depth": depth, "max_depth": svc.queue.max_depth},
+        "lanes": lane_depths,  # waiting/running per lane, per tenant (named for admin callers)
+        **({"batches": backlog} if backlog is not None else {}),
         "workers": workers,
         "models": [{"id": name, "backend": e.backend} for name, e in svc.models.items()],
         **({"scaling": scaling} if scaling else {}),  # per worker: hybrid scaling of Modal apps (seed 004)

@@ -29,5 +29,6 @@ async def prometheus(request: Request) -> Response:
     except Exception:  # noqa: BLE001 - Redis down: say so in gatehouse_queue_up, keep the rest
         state = QueueState(up=False)
     # multiprocess mode reads one file per process: keep that off the event loop
-    body = await asyncio.to_thread(metrics.render, [QueueStateCollector(state)])
+    collector = QueueStateCollector(state, tenant_labels=svc.config.settings.metrics.tenant_labels)
+    body = await asyncio.to_thread(metrics.render, [collector])
     return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -24,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from redis.asyncio import Redis
 
@@ -121,6 +122,9 @@ class BatchRunner:
                 raise
             except (*q.REDIS_DOWN, DatabaseUnavailable) as e:
                 self._trouble(type(e).__name__)
+                await asyncio.sleep(1.0)
+            except asyncpg.UndefinedTableError:  # a worker may start before the gateway's first migration
+                self._trouble("the batch tables do not exist yet (the gateway creates them when it starts)")
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not end the runner: log it, try again
                 log.exception("batch runner tick failed")
@@ -240,10 +244,11 @@ class BatchRunner:
         expires_at = batch.stamps.get("expires_at")
         expired = batch.id in self._expiring or (expires_at is not None and expires_at.timestamp() <= time.time())
         queued = [m.decode() for m in await self.redis.zrange(q.BATCH_QUEUE, 0, -1)]
-        mine = sorted({*queued, *self.fed} & {j for j in (*queued, *self.fed) if j.startswith(batch.id + ":")})
+        mine = sorted({j for j in (*queued, *self.fed) if j.startswith(batch.id + ":")})
         if mine:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(q.BATCH_QUEUE, *mine)
+                pipe.hdel(q.tenants_key(q.BATCH_QUEUE), *mine)
                 pipe.delete(*(q.ARQ_JOB_PREFIX + j for j in mine))
                 for j in mine:
                     pipe.publish(q.CANCEL_CHANNEL, j)
@@ -315,7 +320,8 @@ class BatchRunner:
             job_id = b.line_job_id(batch.id, ln.line)
             args += [job_id, q.ARQ_JOB_PREFIX + job_id, self._payload(batch, ln, job_id, deadline, now),
                      int(self.settings.request_timeout_s * 1000), batch.tenant, batch.priority, ln.line]
-        keys = [q.BATCH_QUEUE, q.wake_key(q.INTERACTIVE_QUEUE), q.fair_key(q.BATCH_QUEUE), b.done_key(batch.id)]
+        keys = [q.BATCH_QUEUE, q.wake_key(q.INTERACTIVE_QUEUE), q.fair_key(q.BATCH_QUEUE), b.done_key(batch.id),
+                q.tenants_key(q.BATCH_QUEUE)]
         await self._feed(keys=keys, args=args)
         for ln in lines:
             self.fed[b.line_job_id(batch.id, ln.line)] = Fed(batch.id, ln.line, ln.custom_id, ln.model, ln.tries,

@@ -171,6 +171,10 @@ class Keys:
     def abort(self) -> str:
         return self.prefix + "abort"
 
+    @property
+    def batch(self) -> str:
+        return self.prefix + "batch"
+
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
 
@@ -183,12 +187,16 @@ def keys() -> Keys:
     return Keys(f"gh-unit:{uuid.uuid4().hex}:")
 
 
-async def enqueue(r: aioredis.Redis, k: Keys, job_id: str, *, max_depth: int = 10, score_ms: int = 1_000,
-                  ttl_ms: int = 30_000, payload: bytes | None = None) -> int:
-    payload = payload if payload is not None else q.serialize_job(spec(id=job_id), score_ms)
-    args: list[Any] = [k.queue, k.job(job_id), k.wake, k.out(job_id),  # KEYS, then ARGV, as the gateway sends
-                       job_id, payload, score_ms, ttl_ms, max_depth, q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S]
-    return int(await r.eval(q.ENQUEUE_LUA, 4, *args))
+async def enqueue(r: aioredis.Redis, k: Keys, job_id: str, *, max_depth: int = 10, tenant: str = "t",
+                  priority: int = 128, ttl_ms: int = 30_000, payload: bytes | None = None,
+                  queue: str | None = None) -> int:
+    queue = queue or k.queue
+    payload = payload if payload is not None else q.serialize_job(spec(id=job_id), 1_000)
+    args: list[Any] = [queue, k.job(job_id), q.wake_key(queue), k.out(job_id), q.fair_key(queue),  # KEYS
+                       q.tenants_key(queue),
+                       job_id, payload, tenant, ttl_ms, max_depth, q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S,
+                       priority]  # ARGV, as the gateway sends them
+    return int(await r.eval(q.ENQUEUE_LUA, 6, *args))
 
 
 @dataclass(frozen=True)
@@ -200,30 +208,36 @@ class Claimed:
     aborted: bool
 
 
-async def claim(r: aioredis.Redis, k: Keys, *, now_ms: int, want: int = 10, look: int = 100,
+async def claim(r: aioredis.Redis, k: Keys, *, want: int = 10, batch_room: int = 10, look: int = 100,
                 lock_ms: int = 5_000) -> list[Claimed]:
-    args: list[Any] = [k.queue, now_ms, lock_ms, k.lock_prefix, want, look,  # as the worker sends them
+    lanes = [k.queue, q.fair_key(k.queue), k.batch, q.fair_key(k.batch)]
+    args: list[Any] = [want, lock_ms, k.lock_prefix, batch_room, look,  # as the worker sends them
                        k.job_prefix, k.retry_prefix, k.abort, q.RETRY_KEY_TTL_S, k.prefix + "running:w1"]
-    flat = await r.eval(q.CLAIM_LUA, 1, *args)
+    flat = await r.eval(q.CLAIM_LUA, 4, *lanes, *args)
     assert len(flat) % q.CLAIM_FIELDS == 0
     return [Claimed(job_id.decode(), int(float(score)), payload, int(tries), bool(aborted))
             for job_id, score, payload, tries, aborted in (flat[i:i + q.CLAIM_FIELDS]
                                                            for i in range(0, len(flat), q.CLAIM_FIELDS))]
 
 
-def ids(claimed: list[Claimed]) -> list[tuple[str, int]]:
-    return [(c.id, c.score) for c in claimed]
+def ids(claimed: list[Claimed]) -> list[str]:
+    return [c.id for c in claimed]
+
+
+BAND = q.PRIORITY_BAND
 
 
 async def test_enqueue_writes_job_queue_entry_and_wake_token(r: aioredis.Redis, keys: Keys) -> None:
     payload = q.serialize_job(spec(id="a"), 1_500)
-    assert await enqueue(r, keys, "a", score_ms=1_500, ttl_ms=20_000, payload=payload) == 1
-    assert await enqueue(r, keys, "b", score_ms=2_500) == 2
+    assert await enqueue(r, keys, "a", ttl_ms=20_000, payload=payload) == 1
+    assert await enqueue(r, keys, "b") == 2
     assert await r.get(keys.job("a")) == payload
     assert 0 < await r.pttl(keys.job("a")) <= 20_000
-    assert await r.zrange(keys.queue, 0, -1, withscores=True) == [(b"a", 1_500.0), (b"b", 2_500.0)]
+    # one tenant, default priority: places one after the other in band 128
+    assert await r.zrange(keys.queue, 0, -1, withscores=True) == [(b"a", 128.0 * BAND), (b"b", 128.0 * BAND + 1)]
     assert await r.llen(keys.wake) == 2 and 0 < await r.pttl(keys.wake) <= 60_000
     assert await r.exists(keys.out("a")) == 0  # accepted: nothing written for the reader yet
+    assert await r.hgetall(q.tenants_key(keys.queue)) == {b"a": b"t", b"b": b"t"}  # whose each job is
 
 
 async def test_enqueue_refuses_when_full_and_tells_the_reader(r: aioredis.Redis, keys: Keys) -> None:
@@ -235,13 +249,15 @@ async def test_enqueue_refuses_when_full_and_tells_the_reader(r: aioredis.Redis,
     entries = await r.xrange(keys.out("late"))
     assert [fields for _, fields in entries] == [{q.EVENT_FIELD: q.QUEUE_FULL_EVENT}, {q.EVENT_FIELD: q.END_EVENT}]
     assert 0 < await r.ttl(keys.out("late")) <= q.OUTPUT_TTL_S
+    # a refused job takes no fair place: the tenant's next place is still the third
+    assert await r.hget(q.fair_key(keys.queue), "128:t") == b"2"
 
 
 async def test_enqueue_refuses_a_duplicate_id(r: aioredis.Redis, keys: Keys) -> None:
-    assert await enqueue(r, keys, "dup", score_ms=1_000) == 1
+    assert await enqueue(r, keys, "dup") == 1
     first = await r.get(keys.job("dup"))
-    assert await enqueue(r, keys, "dup", score_ms=9_000, payload=b"other") == -2
-    assert await r.get(keys.job("dup")) == first and await r.zscore(keys.queue, "dup") == 1_000.0
+    assert await enqueue(r, keys, "dup", priority=0, payload=b"other") == -2
+    assert await r.get(keys.job("dup")) == first and await r.zscore(keys.queue, "dup") == 128.0 * BAND
     assert await r.zcard(keys.queue) == 1 and await r.llen(keys.wake) == 1
     # an id whose output stream still exists (a refused request) is a duplicate too
     assert await enqueue(r, keys, "refused", max_depth=1) == -1
@@ -249,21 +265,55 @@ async def test_enqueue_refuses_a_duplicate_id(r: aioredis.Redis, keys: Keys) -> 
     assert await r.exists(keys.job("refused")) == 0 and await r.xlen(keys.out("refused")) == 2
 
 
-async def test_claim_takes_due_jobs_and_their_locks(r: aioredis.Redis, keys: Keys) -> None:
-    now = int(time.time() * 1000)
-    await r.zadd(keys.queue, {"b": now - 1_000, "a": now - 2_000, "future": now + 60_000})
-    assert ids(await claim(r, keys, now_ms=now, lock_ms=7_000)) == [("a", now - 2_000), ("b", now - 1_000)]
+async def test_a_flooding_tenant_does_not_starve_a_small_one(r: aioredis.Redis, keys: Keys) -> None:
+    """Start-time fair queuing: 50 jobs of tenant A queued first, then 3 of tenant B; B's jobs are claimed
+    among A's first ones, not after all 50."""
+    for i in range(50):
+        await enqueue(r, keys, f"a{i}", tenant="A", max_depth=100)
+    for i in range(3):
+        await enqueue(r, keys, f"b{i}", tenant="B", max_depth=100)
+    order = ids(await claim(r, keys, want=6))
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    # the lane's clock moved to the last start claimed: a tenant arriving now starts there, not at 0
+    assert await r.hget(q.fair_key(keys.queue), "now:128") == b"2"
+    await enqueue(r, keys, "c0", tenant="C", max_depth=100)
+    assert await r.zscore(keys.queue, "c0") == 128.0 * BAND + 2
+    assert ids(await claim(r, keys, want=2)) == ["c0", "a3"]
+
+
+async def test_priority_bands_come_before_fair_share(r: aioredis.Redis, keys: Keys) -> None:
+    for i in range(5):
+        await enqueue(r, keys, f"low{i}", tenant="A", priority=200)
+    await enqueue(r, keys, "mid", tenant="B")
+    await enqueue(r, keys, "urgent", tenant="A", priority=0)
+    assert ids(await claim(r, keys, want=3)) == ["urgent", "mid", "low0"]
+    # each band keeps its own places: tenant A's urgent job did not push back its low ones
+    fair = await r.hgetall(q.fair_key(keys.queue))
+    assert (fair[b"0:A"], fair[b"128:B"], fair[b"200:A"]) == (b"1", b"1", b"5")
+
+
+async def test_claim_takes_interactive_jobs_before_batch_lines(r: aioredis.Redis, keys: Keys) -> None:
+    for i in range(3):
+        await enqueue(r, keys, f"line{i}", queue=keys.batch, priority=0)  # even an urgent batch line waits
+    await enqueue(r, keys, "chat0")
+    await enqueue(r, keys, "chat1")
+    assert ids(await claim(r, keys, want=3, batch_room=3)) == ["chat0", "chat1", "line0"]
+    # batch room bounds the batch lines claimed, whatever is free
+    assert ids(await claim(r, keys, want=10, batch_room=1)) == ["line1"]
+    assert ids(await claim(r, keys, want=10, batch_room=0)) == []
+    assert ids(await claim(r, keys, want=10, batch_room=5)) == ["line2"]
+
+
+async def test_claim_takes_queued_jobs_and_their_locks(r: aioredis.Redis, keys: Keys) -> None:
+    await r.zadd(keys.queue, {"b": 20, "a": 10})
+    assert ids(await claim(r, keys, lock_ms=7_000)) == ["a", "b"]
     for job_id in ("a", "b"):
         assert await r.get(keys.lock_prefix + job_id) == b"1"
         assert 0 < await r.pttl(keys.lock_prefix + job_id) <= 7_000
-    assert await r.exists(keys.lock_prefix + "future") == 0
-    assert await r.zcard(keys.queue) == 3  # claiming leaves the entries: arq removes them when a job ends
-    assert await claim(r, keys, now_ms=now) == []  # locked: not handed out twice
-    assert ids(await claim(r, keys, now_ms=now + 60_000)) == [("future", now + 60_000)]
+    assert await r.zcard(keys.queue) == 2  # claiming leaves the entries: arq removes them when a job ends
+    assert await claim(r, keys) == []  # locked: not handed out twice
     # the claiming worker's running hash names every job it holds (core.leases reaps them if it dies)
-    assert await r.hgetall(keys.prefix + "running:w1") == {b"a": str(now - 2_000).encode(),
-                                                          b"b": str(now - 1_000).encode(),
-                                                          b"future": str(now + 60_000).encode()}
+    assert await r.hgetall(keys.prefix + "running:w1") == {b"a": b"10", b"b": b"20"}
 
 
 async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Keys) -> None:
@@ -272,7 +322,7 @@ async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Ke
     await r.set(keys.job("a"), b"payload-a")
     await r.set(keys.retry_prefix + "a", 2)  # tried twice before
     await r.zadd(keys.abort, {"a": 1, "other": 1})
-    first, gone = await claim(r, keys, now_ms=10)
+    first, gone = await claim(r, keys)
     assert first == Claimed("a", 1, b"payload-a", 3, True)
     assert gone == Claimed("gone", 2, None, 1, False)  # its job key expired: no payload, still claimed
     assert await r.zrange(keys.abort, 0, -1) == [b"other"]
@@ -283,27 +333,27 @@ async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Ke
 async def test_claim_skips_a_job_locked_elsewhere(r: aioredis.Redis, keys: Keys) -> None:
     await r.zadd(keys.queue, {"a": 1, "b": 2})
     await r.set(keys.lock_prefix + "a", b"other-worker", px=5_000)
-    assert ids(await claim(r, keys, now_ms=10)) == [("b", 2)]
+    assert ids(await claim(r, keys)) == ["b"]
     assert await r.get(keys.lock_prefix + "a") == b"other-worker"  # not taken over
     assert await r.exists(keys.retry_prefix + "a") == 0  # nor its try counted
 
 
 async def test_claim_respects_the_most_jobs_and_the_read_limit(r: aioredis.Redis, keys: Keys) -> None:
     await r.zadd(keys.queue, {f"j{i}": i for i in range(1, 6)})
-    assert ids(await claim(r, keys, now_ms=100, want=2)) == [("j1", 1), ("j2", 2)]
-    assert await claim(r, keys, now_ms=100, want=10, look=2) == []  # only the first two are looked at
-    assert ids(await claim(r, keys, now_ms=100, want=10, look=4)) == [("j3", 3), ("j4", 4)]
-    assert ids(await claim(r, keys, now_ms=100, want=1)) == [("j5", 5)]
-    assert await claim(r, keys, now_ms=100) == []
+    assert ids(await claim(r, keys, want=2)) == ["j1", "j2"]
+    assert await claim(r, keys, want=10, look=2) == []  # only the first two are looked at
+    assert ids(await claim(r, keys, want=10, look=4)) == ["j3", "j4"]
+    assert ids(await claim(r, keys, want=1)) == ["j5"]
+    assert await claim(r, keys) == []
 
 
 async def test_enqueued_jobs_are_claimable_and_readable_by_arq(r: aioredis.Redis, keys: Keys) -> None:
     """The two scripts together: what the gateway enqueues, a worker claims and arq can read."""
     now = int(time.time() * 1000)
     s = spec(id="e2e", deadline=time.time() + 30)
-    assert await enqueue(r, keys, "e2e", score_ms=now, payload=q.serialize_job(s, now)) == 1
-    (claimed,) = await claim(r, keys, now_ms=now)
-    assert (claimed.id, claimed.score, claimed.tries, claimed.aborted) == ("e2e", now, 1, False)
+    assert await enqueue(r, keys, "e2e", payload=q.serialize_job(s, now)) == 1
+    (claimed,) = await claim(r, keys)
+    assert (claimed.id, claimed.score, claimed.tries, claimed.aborted) == ("e2e", 128 * BAND, 1, False)
     assert claimed.payload == await r.get(keys.job("e2e"))
     assert claimed.payload is not None
     _, args, _, _, enqueue_time = arq.jobs.deserialize_job_raw(claimed.payload, deserializer=q.loads)
