@@ -22,7 +22,7 @@ PENDING, ANSWERED, FAILED, NOT_RUN = 0, 1, 2, 3
 STAMPS = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
           "cancelling_at", "cancelled_at")
 COLUMNS = ("id, owner_id, key_id, team_id, user_id, endpoint, input_file_id, completion_window, metadata, "
-           "allowed_models, tenant, priority, status, errors, total, completed, failed, prompt_tokens, "
+           "allowed_models, tenant, priority, scopes, status, errors, total, completed, failed, prompt_tokens, "
            "completion_tokens, output_file_id, error_file_id, " + ", ".join(STAMPS))
 RESULT_PAGE = 2_000
 
@@ -41,6 +41,7 @@ class BatchRecord:
     allowed_models: list[str] | None
     tenant: str
     priority: int
+    scopes: list[dict[str, Any]]  # core.usage.Scope.to_dict() of each limit its lines count against
     status: str
     errors: list[dict[str, Any]] | None
     total: int
@@ -56,7 +57,7 @@ class BatchRecord:
     def from_row(cls, row: asyncpg.Record) -> BatchRecord:
         d = dict(row)
         stamps = {k: d.pop(k) for k in STAMPS}
-        for k in ("metadata", "errors"):
+        for k in ("metadata", "errors", "scopes"):
             if isinstance(d[k], str):
                 d[k] = orjson.loads(d[k])
         return cls(**d, stamps=stamps)
@@ -83,6 +84,15 @@ class BatchRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Landed:
+    """What one ``record`` wrote: lines, their tokens, the cost of the answered ones."""
+
+    lines: int
+    tokens: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
 class PendingLine:
     line: int
     custom_id: str
@@ -99,14 +109,15 @@ class BatchStore:
     async def create(self, *, batch_id: str, owner_id: str | None, key_id: str | None, team_id: str | None,
                      user_id: str | None, endpoint: str, input_file_id: str, completion_window: str, window_s: int,
                      metadata: dict[str, str] | None, allowed_models: Sequence[str] | None, tenant: str,
-                     priority: int) -> BatchRecord:
+                     priority: int, scopes: Sequence[dict[str, Any]] = ()) -> BatchRecord:
         row = await self.db.fetchrow(
             "INSERT INTO batches (id, owner_id, key_id, team_id, user_id, endpoint, input_file_id, completion_window, "
-            "metadata, allowed_models, tenant, priority, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-            f"$11, $12, now() + make_interval(secs => $13::integer)) RETURNING {COLUMNS}",
+            "metadata, allowed_models, tenant, priority, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+            f"$9, $10, $11, $12, now() + make_interval(secs => $13::integer), $14::jsonb) RETURNING {COLUMNS}",
             batch_id, owner_id, key_id, team_id, user_id, endpoint, input_file_id, completion_window,
             orjson.dumps(metadata).decode() if metadata is not None else None,
-            list(allowed_models) if allowed_models is not None else None, tenant, priority, window_s)
+            list(allowed_models) if allowed_models is not None else None, tenant, priority, window_s,
+            orjson.dumps(list(scopes)).decode())
         assert row is not None
         return BatchRecord.from_row(row)
 
@@ -173,12 +184,12 @@ class BatchStore:
         await self.db.fetchval("UPDATE batch_lines SET tries = tries + 1 WHERE batch_id = $1 AND line = ANY($2::int[])",
                                batch_id, list(lines))
 
-    async def record(self, batch: BatchRecord, results: Sequence[LineResult], costs: Sequence[float]) -> int:
+    async def record(self, batch: BatchRecord, results: Sequence[LineResult], costs: Sequence[float]) -> Landed:
         """Results of lines still pending (others are ignored: each line's result lands once), the batch's counts
-        and usage, and a spend_log row per answered line charged to the batch's key; how many landed."""
+        and usage, and a spend_log row per answered line charged to the batch's key; what landed."""
         if not results:
-            return 0
-        landed = await self.db.run(lambda conn: conn.fetchval(
+            return Landed(0, 0, 0.0)
+        row = await self.db.run(lambda conn: conn.fetchrow(
             """
             WITH r AS (
               SELECT * FROM unnest($2::int[], $3::smallint[], $4::bytea[], $5::int[], $6::int[], $7::float8[])
@@ -199,11 +210,13 @@ class BatchStore:
                 completion_tokens = completion_tokens + (SELECT coalesce(sum(u.ct), 0) FROM u)
               WHERE id = $1
             )
-            SELECT count(*) FROM u
+            SELECT count(*) AS n, coalesce(sum(u.pt + u.ct), 0) AS tokens,
+                   coalesce(sum(u.cost) FILTER (WHERE u.state = 1), 0) AS cost FROM u
             """, batch.id, [r.line for r in results], [1 if r.ok else 2 for r in results],
             [r.record for r in results], [r.prompt_tokens for r in results], [r.completion_tokens for r in results],
             list(costs), batch.key_id, batch.team_id, batch.user_id, timeout=self.db.timeout_s), abandon=False)
-        return int(landed)
+        assert row is not None
+        return Landed(int(row["n"]), int(row["tokens"]), float(row["cost"]))
 
     async def close_pending(self, batch_id: str, results: Sequence[LineResult]) -> None:
         """Lines that will not run (cancelled, expired): into the error file, not counted as failed."""

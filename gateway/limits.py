@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from core.usage import PREFIX, WINDOW_MS, Scope, charge
 from gateway.errors import RateLimited
 
-WINDOW_MS = 60_000
-PREFIX = "gatehouse:rl:"
-SPEND_PREFIX = "gatehouse:spend:"
+__all__ = ["Admission", "Limiter", "Scope", "SpendLoader"]
+
 
 # KEYS, per scope (6): rpm current, rpm previous, tpm current, tpm previous, in-flight zset, spend counter
 # ARGV: now_ms, window_ms, request id, in-flight ttl_ms, then per scope (4): rpm, tpm, parallel, budget (-1 = none)
@@ -75,30 +75,6 @@ for s = 0, scopes - 1 do
 end
 return {0, 0, 0, remaining_r, remaining_t}
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """One budget holder: ``kind`` is "key" or "team"."""
-
-    kind: str
-    id: str
-    rpm: int | None = None
-    tpm: int | None = None
-    parallel: int | None = None
-    budget: float | None = None
-    budget_period_s: int | None = None  # None: the budget never resets
-
-    @property
-    def limited(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.parallel, self.budget))
-
-    def spend_key(self, now: float) -> str:
-        period = f":{int(now // self.budget_period_s)}" if self.budget_period_s else ""
-        return f"{SPEND_PREFIX}{self.kind}:{self.id}{period}"
-
-    def spend_ttl_s(self) -> int | None:
-        return self.budget_period_s + 3600 if self.budget_period_s else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,19 +138,13 @@ class Limiter:
 
     async def settle(self, admission: Admission, tokens: int, cost: float) -> None:
         """After the response: tokens into the TPM windows, cost into the budgets, the in-flight slot freed."""
-        now = time.time()
-        win = int(now * 1000) // WINDOW_MS
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sc in admission.scopes:
-                base = f"{PREFIX}{sc.kind}:{sc.id}:"
-                if sc.tpm is not None and tokens:
-                    pipe.incrby(f"{base}t:{win}", tokens)
-                    pipe.pexpire(f"{base}t:{win}", WINDOW_MS * 2)
-                if sc.parallel is not None:
-                    pipe.zrem(f"{base}p", admission.request_id)
-                if sc.budget is not None and cost:
-                    pipe.incrbyfloat(sc.spend_key(now), cost)
-            await pipe.execute()
+        await charge(self.redis, admission.scopes, tokens, cost)
+        parallel = [sc for sc in admission.scopes if sc.parallel is not None]
+        if parallel:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sc in parallel:
+                    pipe.zrem(f"{sc.base()}p", admission.request_id)
+                await pipe.execute()
 
 
 class SpendLoader:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from core.usage import spent_in_period
 from gateway.db.database import Database, DatabaseUnavailable
 from gateway.limits import Scope, SpendLoader
 
@@ -114,11 +115,4 @@ class PgSpendLoader(SpendLoader):
 
     async def spent(self, scope: Scope, now: float) -> float:
         pool = await self.pool_getter()
-        if pool is None or scope.kind not in ("key", "team"):
-            return 0.0
-        start = datetime.fromtimestamp(now - now % scope.budget_period_s if scope.budget_period_s else 0,
-                                       tz=UTC)
-        column = "key_id" if scope.kind == "key" else "team_id"
-        value = await pool.fetchval(
-            f"SELECT COALESCE(sum(cost), 0) FROM spend_log WHERE {column} = $1 AND created_at >= $2", scope.id, start)
-        return float(value)
+        return 0.0 if pool is None else await spent_in_period(pool, scope, now)

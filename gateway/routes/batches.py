@@ -16,9 +16,10 @@ from starlette.responses import Response
 from core import batches as b
 from core import schemas as p
 from core.batchstore import BatchRecord, BatchStore
+from core.usage import headroom
 from gateway.auth import Principal
 from gateway.db.database import DatabaseUnavailable
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.files.store import FileStore, file_not_found, owner_of, scope_of
 from gateway.priority import priority_for, tenant_of
 from gateway.services import services
@@ -92,6 +93,10 @@ async def create_batch(request: Request) -> Response:
     file_id = _text(body, "input_file_id")
     metadata = _metadata(body.get("metadata"))
     priority = priority_for(principal, body.get("priority"), svc.config.settings.default_priority)
+    scopes = svc.scopes(principal)
+    if (spent := await headroom(svc.redis, scopes, db=store.db)) is not None and spent[1] == "budget":
+        raise RateLimited(f"You exceeded your current quota: the budget of this {spent[0].kind} (${spent[0].budget:g}) "
+                          "is spent; a batch would not run.", type_="insufficient_quota", code="insufficient_quota")
     record = await FileStore(store.db).get(file_id, scope_of(principal))
     if record is None:
         raise file_not_found(file_id)
@@ -103,7 +108,7 @@ async def create_batch(request: Request) -> Response:
         user_id=principal.user_id, endpoint=endpoint, input_file_id=file_id, completion_window=window,
         window_s=b.COMPLETION_WINDOWS[window], metadata=metadata,
         allowed_models=sorted(principal.models) if principal.models is not None else None,
-        tenant=tenant_of(principal), priority=priority)
+        tenant=tenant_of(principal), priority=priority, scopes=[sc.to_dict() for sc in scopes])
     return _json(batch.to_json())
 
 

@@ -38,6 +38,7 @@ from core.pricing import price_list
 from observability.calls import TraceContext
 from observability.metrics import BATCH_LINES
 from workers.batches import lifecycle
+from workers.batches.quota import OUT_OF_BUDGET, Quota
 
 log = logging.getLogger("gatehouse.batches")
 LEASE_MS = 5_000
@@ -78,6 +79,7 @@ class BatchRunner:
         self.redis = redis
         self.store = BatchStore(db)
         self.files = FileStore(db)
+        self.quota = Quota(redis, db)
         self.config = config
         self.settings = config.settings
         self.worker_id = worker_id
@@ -171,7 +173,8 @@ class BatchRunner:
 
     # ── 1. results ────────────────────────────────────────────────────────────────────────────────────
     async def collect(self, block_ms: int) -> None:
-        reply = await self.redis.xread({b.RESULTS_STREAM: self.last_id}, count=2_000, block=block_ms)
+        # block=0 would be XREAD BLOCK 0: wait until an entry arrives, however long; 0 here means do not wait
+        reply = await self.redis.xread({b.RESULTS_STREAM: self.last_id}, count=2_000, block=block_ms or None)
         if not reply:
             return
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
@@ -207,9 +210,10 @@ class BatchRunner:
             price = self.prices.get(model)
             costs.append(price.cost(result.prompt_tokens, result.completion_tokens) if price and result.ok else 0.0)
         landed = await self.store.record(batch, results, costs)
+        await self.quota.charge(batch, landed)
         ok = sum(1 for r in results if r.ok)
-        BATCH_LINES.labels("completed").inc(min(ok, landed))
-        BATCH_LINES.labels("failed").inc(max(0, landed - ok))
+        BATCH_LINES.labels("completed").inc(min(ok, landed.lines))
+        BATCH_LINES.labels("failed").inc(max(0, landed.lines - ok))
 
     # ── 2. batches ────────────────────────────────────────────────────────────────────────────────────
     async def refresh(self) -> None:
@@ -243,6 +247,9 @@ class BatchRunner:
         """Cancel (or expire) a batch: drop its queued lines, stop its running ones, close the rest."""
         expires_at = batch.stamps.get("expires_at")
         expired = batch.id in self._expiring or (expires_at is not None and expires_at.timestamp() <= time.time())
+        # lines that finished so far keep their results; collected before the running ones are cancelled, so that
+        # those (whose results arrive as 499 "cancelled") are closed below as not run, not counted as failed
+        await self.collect(block_ms=0)
         queued = [m.decode() for m in await self.redis.zrange(q.BATCH_QUEUE, 0, -1)]
         mine = sorted({j for j in (*queued, *self.fed) if j.startswith(batch.id + ":")})
         if mine:
@@ -255,7 +262,6 @@ class BatchRunner:
                 await pipe.execute()
         code, message = (("batch_expired", "The batch expired before this request ran.") if expired
                          else ("batch_cancelled", "The batch was cancelled before this request ran."))
-        await self.collect(block_ms=0)  # lines that finished meanwhile keep their results
         closed = await lifecycle.close_unfinished(self.store, batch, code, message)
         BATCH_LINES.labels("expired" if expired else "cancelled").inc(closed)
         for j in mine:
@@ -269,7 +275,21 @@ class BatchRunner:
         self._expiring.discard(batch.id)
         await self._forget(batch.id)
 
+    async def _out_of_budget(self, batch: BatchRecord) -> None:
+        """Fail the batch's lines not yet fed (those running finish); the batch then completes as usual."""
+        self.buffers.pop(batch.id, None)
+        cursor = 0
+        while page := await self.store.pending(batch.id, cursor, 2_000):
+            cursor = page[-1].line
+            results = [b.not_run(ln.line, ln.custom_id, OUT_OF_BUDGET, self.quota.message(batch)) for ln in page
+                       if b.line_job_id(batch.id, ln.line) not in self.fed]
+            landed = await self.store.record(batch, results, [0.0] * len(results))
+            BATCH_LINES.labels("failed").inc(landed.lines)
+        log.warning("batch %s: the budget of its key is spent; its remaining lines fail (%s)", batch.id,
+                    OUT_OF_BUDGET)
+
     async def _forget(self, batch_id: str) -> None:
+        self.quota.forget(batch_id)
         self.buffers.pop(batch_id, None)
         self.cursors.pop(batch_id, None)
         await self.redis.delete(b.done_key(batch_id))
@@ -285,6 +305,11 @@ class BatchRunner:
         while progress:
             progress = False
             for batch in order:
+                blocked = await self.quota.blocked(batch)
+                if blocked == "budget":
+                    await self._out_of_budget(batch)
+                if blocked:
+                    continue
                 chunk = await self._take(batch)
                 if chunk:
                     await self._send(batch, chunk)
