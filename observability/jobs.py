@@ -9,9 +9,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from core.batches import LINE_JOB_PREFIX
+from core.queue import BATCH_QUEUE, lane_of
 from observability import calls, metrics
 from observability.calls import CallRecord, Status, TraceContext, has_token
 
+BATCH_LANE = lane_of(BATCH_QUEUE)
 MAX_TRACED_TEXT = 64_000  # characters of streamed output kept for a trace; the rest is elided
 VENDOR_FIELDS = ("quantum_diagnostics",)  # answer fields worth putting in a trace's metadata
 SAMPLING_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop", "n",
@@ -22,13 +25,16 @@ class JobObserver:
     def __init__(self, *, worker_id: str, lane: str, backend_kinds: dict[str, str],
                  prices: Mapping[str, tuple[float, float]], tracer: Any = None):
         self.worker_id = worker_id
-        self.lane = lane
+        self.lane = lane  # the interactive lane's name; batch lines (ids batch_…) are on the batch lane
         self.backend_kinds = backend_kinds  # model name -> backend kind (openai, local, litellm, ...)
         self.prices = prices
         self.tracer = tracer  # observability.tracing.Tracer, or None
         self._pool_served_os = 0
-        self._cache: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
-        self._queue_wait = metrics.QUEUE_WAIT.labels(lane)
+        self._cache: dict[tuple[str, str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._queue_wait = {lane: metrics.QUEUE_WAIT.labels(lane), BATCH_LANE: metrics.QUEUE_WAIT.labels(BATCH_LANE)}
+
+    def lane_of(self, job_id: str) -> str:
+        return BATCH_LANE if job_id.startswith(LINE_JOB_PREFIX) else self.lane
 
     # ── job lifecycle ─────────────────────────────────────────────────────────────────────────────────
     def start(self, spec: Any) -> CallRecord:
@@ -36,13 +42,13 @@ class JobObserver:
         now = time.time()
         context = TraceContext.from_dict(spec.trace) if self.tracer is not None and spec.trace else None
         call = CallRecord(request_id=spec.id, kind=spec.kind, model=spec.model,
-                          backend=self.backend_kinds.get(spec.model, "unknown"), lane=self.lane,
+                          backend=self.backend_kinds.get(spec.model, "unknown"), lane=self.lane_of(spec.id),
                           worker_id=self.worker_id, enqueued_at=spec.enqueued_at, started_at=now, context=context)
         if context is not None:  # only a traced job keeps its input and output
             call.input = _input_of(spec.kind, spec.body)
             call.model_parameters = {k: spec.body[k] for k in SAMPLING_PARAMS if spec.body.get(k) is not None}
             call.output = []  # streamed text pieces, joined at the end
-        self._queue_wait.observe(call.queue_wait_s)
+        self._queue_wait[call.lane].observe(call.queue_wait_s)
         calls.current.set(call)
         return call
 
@@ -94,7 +100,7 @@ class JobObserver:
             call.output = text if len(text) <= MAX_TRACED_TEXT else text[:MAX_TRACED_TEXT] + "…"
         calls.current.set(None)
         model, err_type = call.model, call.error_type
-        jobs, duration, tokens_in, tokens_out = self._children(call.operation, model, status, err_type)
+        jobs, duration, tokens_in, tokens_out = self._children(call.lane, call.operation, model, status, err_type)
         jobs.inc()
         if status != "cancelled":  # a cancelled call measures the client, not the model
             duration.observe(call.finished_at - call.started_at)
@@ -108,15 +114,15 @@ class JobObserver:
                 c_in, c_out = call.usage.get("input", 0) * p_in, call.usage.get("output", 0) * p_out
                 call.cost = {"input": c_in, "output": c_out, "total": c_in + c_out}
 
-    def _children(self, op: str, model: str, status: str, err_type: str) -> tuple[Any, Any, Any, Any]:
+    def _children(self, lane: str, op: str, model: str, status: str, err_type: str) -> tuple[Any, Any, Any, Any]:
         """The labelled metric children of one (operation, model, outcome): looked up once, then reused (a
         ``labels()`` lookup costs about as much as the observation itself). Bounded: models come from the
         config, outcomes and error types from fixed vocabularies."""
-        key = (op, model, status, err_type)
+        key = (lane, op, model, status, err_type)
         children = self._cache.get(key)
         if children is None:
             children = self._cache[key] = (
-                metrics.JOBS.labels(self.lane, status), metrics.OPERATION_DURATION.labels(op, model, err_type),
+                metrics.JOBS.labels(lane, status), metrics.OPERATION_DURATION.labels(op, model, err_type),
                 metrics.TOKEN_USAGE.labels(op, model, "input"), metrics.TOKEN_USAGE.labels(op, model, "output"))
         return children
 

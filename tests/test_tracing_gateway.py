@@ -153,3 +153,27 @@ def test_worker_flushes_traces_on_graceful_shutdown(stack, langfuse_server, tmp_
         assert len(langfuse_server.fake.wait_for_spans(rid, 4, timeout_s=5)) == 4
     finally:
         stop_processes([gateway, worker])
+
+
+def test_each_batch_line_is_a_trace_in_the_batchs_session(stack, langfuse_server) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    from observability.tracing import trace_id_for
+
+    client = stack.client()
+    content = b"\n".join(orjson.dumps({"custom_id": f"t-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                       "body": {"model": "fake", "messages": MSG}}) for i in range(2))
+    f = client.files.create(file=("traced.jsonl", content), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.time() + 60
+    while batch.status != "completed":
+        assert time.time() < deadline and batch.status in ("validating", "in_progress", "finalizing"), batch.status
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    for line in (1, 2):
+        trace_id = trace_id_for(f"{batch.id}:{line}")  # a line's job id
+        langfuse_server.fake.wait_for_spans(trace_id, 4, timeout_s=15)
+        trace = langfuse_server.fake.trace(trace_id)
+        assert trace is not None and trace["sessionId"] == batch.id
+        assert trace["name"] == "POST /v1/chat/completions (batch)"
+        assert "lane:batch" in trace["tags"]

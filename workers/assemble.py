@@ -42,7 +42,7 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         nonlocal tracer
         backends.build()
         models = config.models()
-        metrics.prime([lane], models)
+        metrics.prime(list(q.LANES), models)
         if s.metrics.worker_port:
             try:
                 metrics.serve(s.metrics.worker_port, s.metrics.worker_host)
