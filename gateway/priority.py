@@ -42,4 +42,6 @@ def tenant_of(principal: Principal) -> str:
         return f"team:{principal.team_id}"
     if principal.key_id:
         return f"key:{principal.key_id}"
-    return principal.id if principal.kind == "master" else f"{principal.kind}:{principal.id}"
+    if principal.kind == "master" or principal.id.startswith(principal.kind + ":"):
+        return principal.id  # "master", or a JWT subject's id ("jwt:alice") already named with its kind
+    return f"{principal.kind}:{principal.id}"

@@ -137,3 +137,118 @@ def test_ownership(stack) -> None:  # type: ignore[no-untyped-def]
     done = wait_final(alice, batch.id)
     assert done.status == "completed"
     assert stack.client().batches.retrieve(batch.id).id == batch.id  # the master key sees all
+
+
+def upstream_requests(stack, model: str) -> int:  # type: ignore[no-untyped-def]
+    return int(stack.upstream.fake.by_model.get(model, 0))
+
+
+def running(client: openai.OpenAI, batch_id: str, answered: int, timeout: float = 30) -> Any:
+    """The batch once it is in progress with at least ``answered`` lines answered (and not yet final)."""
+    deadline = time.time() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        if batch.status == "in_progress" and counts is not None and counts.completed >= answered:
+            return batch
+        assert batch.status in ("validating", "in_progress") and time.time() < deadline, batch
+        time.sleep(0.05)
+
+
+def stopped_files(client: openai.OpenAI, batch: Any, n: int, code: str) -> tuple[list[Any], list[Any]]:
+    """A batch stopped part-way (cancelled or expired): what finished is in the output file, everything else in
+    the error file as not run with ``code``; the counts match the files; every custom_id is in exactly one."""
+    counts = batch.request_counts
+    assert counts.total == n and 0 < counts.completed < n, counts
+    out = jsonl(client, batch.output_file_id)
+    err = jsonl(client, batch.error_file_id)
+    assert len(out) == counts.completed, (len(out), counts)
+    assert all(r["error"] is None and r["response"]["status_code"] == 200 for r in out)
+    odd = [r for r in err if r["response"] is not None or r["error"]["code"] != code]
+    assert not odd and counts.failed == 0, (counts, odd[:3])  # the lines stopped were not run, none failed
+    assert len(err) == n - counts.completed, (len(err), counts)
+    ids = [r["custom_id"] for r in out + err]
+    assert len(ids) == len(set(ids)) and set(ids) == {f"req-{i}" for i in range(n)}
+    return out, err
+
+
+def test_cancel_mid_batch(stack) -> None:  # type: ignore[no-untyped-def]
+    """Cancelled while lines run: ``cancelling`` at once, ``cancelled`` within seconds; finished lines in the output
+    file, the rest in the error file with ``batch_cancelled``; nothing more reaches the upstream; a second cancel
+    changes nothing; a finished batch cannot be cancelled (409)."""
+    client = stack.client()
+    n = 600  # at most 64 lines of a model at once, 0.4 s each: it would run for 4 s at the very least
+    batch = submit(client, lines(n, model="slow", delay=0.4))
+    running(client, batch.id, answered=10)
+    asked = client.batches.cancel(batch.id)
+    asked_at = time.time()
+    assert asked.id == batch.id and asked.status in ("cancelling", "cancelled"), asked
+    assert asked.cancelling_at is not None
+    done = wait_final(client, batch.id, timeout=20)
+    took = time.time() - asked_at
+    assert done.status == "cancelled", done
+    assert done.cancelling_at and done.cancelled_at and done.cancelled_at >= done.cancelling_at
+    assert done.completed_at is None and done.expired_at is None
+    assert took < 10, f"cancelled {took:.1f}s after the cancel"
+    stopped_files(client, done, n, "batch_cancelled")
+    seen = upstream_requests(stack, "slow")
+    time.sleep(1.5)
+    assert upstream_requests(stack, "slow") == seen, "lines of the cancelled batch still reach the upstream"
+    again = client.batches.cancel(batch.id)  # a cancelled batch stays as it is
+    assert (again.status, again.cancelled_at, again.request_counts) == ("cancelled", done.cancelled_at,
+                                                                        done.request_counts)
+    finished = wait_final(client, submit(client, lines(2)).id)
+    assert finished.status == "completed"
+    with pytest.raises(openai.ConflictError) as e:
+        client.batches.cancel(finished.id)
+    assert e.value.status_code == 409 and e.value.body["code"] == "invalid_state"  # type: ignore[index]
+
+
+def test_expiry(stack) -> None:  # type: ignore[no-untyped-def]
+    """A batch past its completion window (``expires_at`` set into the past in PostgreSQL) becomes ``expired``
+    within seconds: finished lines in the output file, the rest in the error file with ``batch_expired``."""
+    import asyncio
+
+    import asyncpg
+
+    async def expire(batch_id: str) -> None:
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = $1", batch_id)
+        finally:
+            await conn.close()
+
+    client = stack.client()
+    n = 600  # at most 64 lines of a model at once, 0.4 s each: it would run for 4 s at the very least
+    batch = submit(client, lines(n, model="slow", delay=0.4))
+    running(client, batch.id, answered=10)
+    asyncio.run(expire(batch.id))
+    expired_at = time.time()
+    done = wait_final(client, batch.id, timeout=20)
+    took = time.time() - expired_at
+    assert done.status == "expired", done
+    assert done.expired_at and done.expires_at is not None and done.expires_at <= done.expired_at
+    assert done.completed_at is None and done.cancelled_at is None and done.cancelling_at is None
+    assert took < 10, f"expired {took:.1f}s after its window closed"
+    stopped_files(client, done, n, "batch_expired")
+    seen = upstream_requests(stack, "slow")
+    time.sleep(1.5)
+    assert upstream_requests(stack, "slow") == seen, "lines of the expired batch still reach the upstream"
+
+
+def test_cancel_before_it_runs(stack) -> None:  # type: ignore[no-untyped-def]
+    """Cancelled at once (still ``validating``, nothing queued or running): ``cancelled`` within seconds, and the
+    runner goes on running other batches."""
+    client = stack.client()
+    batch = submit(client, lines(50, model="slow", delay=0.25))
+    asked = client.batches.cancel(batch.id)
+    assert asked.status in ("cancelling", "cancelled"), asked
+    done = wait_final(client, batch.id, timeout=10)
+    assert done.status == "cancelled" and done.cancelled_at, done
+    counts = done.request_counts  # total 0 when cancelled before validation, else what ran before the cancel
+    assert counts.failed == 0 and counts.completed <= counts.total <= 50, counts
+    errors = jsonl(client, done.error_file_id) if done.error_file_id else []
+    assert len(errors) == counts.total - counts.completed
+    assert all(r["error"]["code"] == "batch_cancelled" for r in errors)
+    after = wait_final(client, submit(client, lines(3)).id, timeout=20)
+    assert after.status == "completed", after

@@ -255,6 +255,10 @@ class GatehouseWorker(Worker):
         try:
             await self._finish_job(job_id, events, finish, result_data, result_timeout_s, keep_result_forever,
                                    incr_score, keep_in_progress)
+        except q.REDIS_DOWN:
+            if events is not None:  # kept for the retry once Redis is back (run_job: _unfinished), not dropped
+                state.final_events[job_id] = events
+            raise
         finally:
             call = state.finished_calls.pop(job_id, None)
             if call is not None:

@@ -218,7 +218,8 @@ class BatchRunner:
     # ── 2. batches ────────────────────────────────────────────────────────────────────────────────────
     async def refresh(self) -> None:
         for batch_id in await self.store.expired():
-            await self.store.set_status(batch_id, "cancelling", stamp="cancelling_at", where=["in_progress"])
+            # stopped like a cancel (below), but stamped as what it is: an expired batch has no cancelling_at
+            await self.store.set_status(batch_id, "cancelling", stamp="expired_at", where=["in_progress"])
             self._expiring.add(batch_id)
         active = await self.store.active()
         self.batches = {x.id: x for x in active}
