@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.schemas import dumps_json
+from gateway.auth import Principal
+from gateway.db.database import Database, DatabaseUnavailable
 from gateway.openapi import PlainEndpoint
+from gateway.services import services
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -22,3 +27,17 @@ def plain_post(router: APIRouter, path: str, endpoint: Endpoint, *body: type[Bas
     do; the OpenAPI document (gateway.openapi) describes its body with the ``body`` models."""
     plain = PlainEndpoint(path, endpoint, body)
     router.add_route(path, plain.handle, methods=["POST"], name=endpoint.__name__, include_in_schema=include_in_schema)
+
+
+def json_response(obj: Any) -> Response:
+    return Response(dumps_json(obj), media_type="application/json")
+
+
+async def stored(request: Request, what: str) -> tuple[Database, Principal]:
+    """The caller (authenticated) and the database that keeps ``what``; 503 when none is configured."""
+    svc = services(request)
+    principal = await svc.auth.authenticate(request)
+    db = await svc.database()
+    if db is None:
+        raise DatabaseUnavailable(f"No database is configured (set DATABASE_URL): {what} are kept in PostgreSQL.")
+    return db, principal

@@ -14,14 +14,13 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from core import batches as b
-from core import schemas as p
 from core.batchstore import BatchRecord, BatchStore
 from core.usage import headroom
 from gateway.auth import Principal
-from gateway.db.database import DatabaseUnavailable
 from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.files.store import FileStore, file_not_found, owner_of, scope_of
 from gateway.priority import priority_for, tenant_of
+from gateway.routes import json_response, stored
 from gateway.services import services
 from gateway.serving import read_json
 
@@ -36,16 +35,8 @@ CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"ap
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}}}}}}}}
 
 
-def _json(obj: Any) -> Response:
-    return Response(p.dumps_json(obj), media_type="application/json")
-
-
 async def _batches(request: Request) -> tuple[BatchStore, Principal]:
-    svc = services(request)
-    principal = await svc.auth.authenticate(request)
-    db = await svc.database()
-    if db is None:
-        raise DatabaseUnavailable("No database is configured (set DATABASE_URL): batches are kept in PostgreSQL.")
+    db, principal = await stored(request, "batches")
     return BatchStore(db), principal
 
 
@@ -109,7 +100,7 @@ async def create_batch(request: Request) -> Response:
         window_s=b.COMPLETION_WINDOWS[window], metadata=metadata,
         allowed_models=sorted(principal.models) if principal.models is not None else None,
         tenant=tenant_of(principal), priority=priority, scopes=[sc.to_dict() for sc in scopes])
-    return _json(batch.to_json())
+    return json_response(batch.to_json())
 
 
 @router.get("/v1/batches")
@@ -120,7 +111,7 @@ async def list_batches(request: Request, after: Cursor = None, limit: ListLimit 
         raise InvalidRequest("Invalid value for 'after': a batch id.", param="after", code="invalid_value")
     records, has_more = await store.page(scope_of(principal), after=after, limit=limit)
     data = [r.to_json() for r in records]
-    return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+    return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                   "last_id": data[-1]["id"] if data else None, "has_more": has_more})
 
 
@@ -139,7 +130,7 @@ def _plausible(batch_id: str) -> bool:
 @router.get("/batches/{batch_id}", include_in_schema=False)
 async def retrieve_batch(request: Request, batch_id: str) -> Response:
     store, principal = await _batches(request)
-    return _json((await _visible(store, principal, batch_id)).to_json())
+    return json_response((await _visible(store, principal, batch_id)).to_json())
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
@@ -155,4 +146,4 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     if record.status in ("completed", "failed", "expired"):
         raise InvalidRequest(f"Cannot cancel a batch with status '{record.status}'.", param="batch_id",
                              code="invalid_state", status=409)
-    return _json(record.to_json())
+    return json_response(record.to_json())

@@ -12,13 +12,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from core import schemas as p
 from gateway.auth import Principal
-from gateway.db.database import DatabaseUnavailable
 from gateway.errors import InvalidRequest
 from gateway.files.store import FileRecord, FileStore, file_not_found, owner_of, scope_of
 from gateway.files.upload import EXPIRES_MAX_S, EXPIRES_MIN_S, PURPOSES, Limits, Upload
 from gateway.keys.fields import text_param
+from gateway.routes import json_response, stored
 from gateway.services import services
 
 router = APIRouter(tags=["files"])
@@ -37,16 +36,8 @@ CONTENT_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
                                                                                           "format": "binary"}}}}}
 
 
-def _json(obj: Any) -> Response:
-    return Response(p.dumps_json(obj), media_type="application/json")
-
-
 async def _files(request: Request) -> tuple[FileStore, Principal]:
-    svc = services(request)
-    principal = await svc.auth.authenticate(request)
-    db = await svc.database()
-    if db is None:
-        raise DatabaseUnavailable("No database is configured (set DATABASE_URL): files are kept in PostgreSQL.")
+    db, principal = await stored(request, "files")
     return FileStore(db), principal
 
 
@@ -63,7 +54,7 @@ async def create_file(request: Request) -> Response:
     """Upload a file: multipart `file` and `purpose` (`batch`, `user_data`); optional `expires_after`."""
     store, principal = await _files(request)
     upload = Upload(store, Limits.of(services(request).config.settings), owner_of(principal), principal.team_id)
-    return _json((await upload.receive(request)).to_json())
+    return json_response((await upload.receive(request)).to_json())
 
 
 @router.get("/v1/files")
@@ -77,7 +68,7 @@ async def list_files(request: Request, purpose: PurposeFilter = None, limit: Lis
     records, has_more = await store.list(scope_of(principal), purpose=purpose, after=after, limit=limit,
                                          order=order)
     data = [r.to_json() for r in records]
-    return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+    return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                   "last_id": data[-1]["id"] if data else None, "has_more": has_more})
 
 
@@ -85,7 +76,7 @@ async def list_files(request: Request, purpose: PurposeFilter = None, limit: Lis
 @router.get("/files/{file_id}", include_in_schema=False)
 async def retrieve_file(request: Request, file_id: str) -> Response:
     store, principal = await _files(request)
-    return _json((await _visible(store, principal, file_id)).to_json())
+    return json_response((await _visible(store, principal, file_id)).to_json())
 
 
 @router.get("/v1/files/{file_id}/content", responses=CONTENT_RESPONSE)
@@ -104,4 +95,4 @@ async def delete_file(request: Request, file_id: str) -> Response:
     store, principal = await _files(request)
     if not await store.delete(file_id, scope_of(principal)):
         raise file_not_found(file_id)
-    return _json({"id": file_id, "object": "file", "deleted": True})
+    return json_response({"id": file_id, "object": "file", "deleted": True})
