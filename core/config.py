@@ -143,6 +143,10 @@ class GatehouseSettings(EnvFirstSettings):
     batch_max_concurrent: int = Field(default=64, ge=1, le=100_000)
     batch_model_concurrency: dict[str, int] = Field(default_factory=dict)
     batch_worker_share: float = Field(default=0.75, gt=0, le=1)
+    # while a worker runs interactive calls (or did in the last half second), batch lines take at most this many
+    # of its slots (plus one started each second, so batches never stall): they would otherwise slow those calls
+    # down by sharing its CPU. Raise it where upstreams, not workers, are the bottleneck (GPU servers batching)
+    batch_busy_slots: int = Field(default=0, ge=0, le=100_000)
     # requests without a `priority` (LiteLLM's field: 0 is the most urgent, 255 the least) get this one
     default_priority: int = Field(default=128, ge=0, le=255)
     max_tokens_limit: int = Field(default=131_072, ge=1)

@@ -99,4 +99,5 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         log_results=False,
     )
     worker.batch_share = s.batch_worker_share
+    worker.batch_busy_slots = s.batch_busy_slots
     return worker

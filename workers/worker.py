@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from gpu_apps.scaling import HybridScaler
 
 log = logging.getLogger("gatehouse.worker")
+BUSY_HOLD_S = 0.5  # a worker counts as busy with interactive calls this long after its last one
+BATCH_TRICKLE_S = 1.0  # a busy worker still starts a batch line this often
 
 
 class Claimed(NamedTuple):
@@ -72,7 +74,10 @@ class GatehouseWorker(Worker):
         self._redis_down_since: float | None = None
         self._lanes = [q.INTERACTIVE_QUEUE, q.fair_key(q.INTERACTIVE_QUEUE), q.BATCH_QUEUE, q.fair_key(q.BATCH_QUEUE)]
         self._batch_running = 0  # batch lines among this worker's jobs
+        self._interactive_at = -BUSY_HOLD_S  # monotonic time this worker last claimed or ended an interactive job
+        self._batch_at = 0.0  # and last claimed a batch line
         self.batch_share = 1.0  # of max_jobs, at most, for batch lines (set by workers.assemble)
+        self.batch_busy_slots = 0  # batch lines at most while interactive calls run here (set by workers.assemble)
 
     @property
     def state(self) -> WorkerState:
@@ -128,8 +133,16 @@ class GatehouseWorker(Worker):
 
     def _batch_room(self, free: int) -> int:
         """How many batch lines to claim now: within ``batch_share`` of the slots, so interactive calls always
-        find some free."""
-        return max(0, min(free, int(self.max_jobs * self.batch_share) - self._batch_running))
+        find some free. While interactive calls run on this worker (or did within ``BUSY_HOLD_S``), batch lines
+        share its CPU and event loop with them, and the lane only works if they yield: then at most
+        ``batch_busy_slots`` run, and one more starts each ``BATCH_TRICKLE_S`` so batches never stall."""
+        now = time.monotonic()
+        cap = int(self.max_jobs * self.batch_share)
+        if self.job_counter > self._batch_running or now - self._interactive_at < BUSY_HOLD_S:
+            cap = min(cap, self.batch_busy_slots)
+            if self._batch_running >= cap and now - self._batch_at >= BATCH_TRICKLE_S:
+                cap = self._batch_running + 1
+        return max(0, min(free, cap - self._batch_running))
 
     async def _redis_lost(self, e: BaseException) -> None:
         """Redis is unreachable: say so once, keep running jobs, and try again with a growing pause."""
@@ -164,6 +177,9 @@ class GatehouseWorker(Worker):
                 job_id = job_id.decode()
                 if job_id.startswith(LINE_JOB_PREFIX):
                     self._batch_running += 1
+                    self._batch_at = time.monotonic()
+                else:
+                    self._interactive_at = time.monotonic()
                 self._claimed[job_id] = Claimed(payload, int(tries), bool(aborted))
                 await self.sem.acquire()  # never blocks: at most `free` jobs were claimed
                 self.job_counter += 1
@@ -220,6 +236,8 @@ class GatehouseWorker(Worker):
         finally:
             if job_id.startswith(LINE_JOB_PREFIX):
                 self._batch_running -= 1
+            else:
+                self._interactive_at = time.monotonic()
             if job_id in self._handed_back:
                 self._handed_back.discard(job_id)
             else:

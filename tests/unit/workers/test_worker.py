@@ -20,7 +20,7 @@ from unit.workers.fake_backend import FakeBackend
 from workers.backends import Backends
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState
-from workers.worker import Claimed, GatehouseWorker
+from workers.worker import BATCH_TRICKLE_S, BUSY_HOLD_S, Claimed, GatehouseWorker
 
 
 @pytest.fixture
@@ -85,3 +85,28 @@ async def test_expired_or_cancelled_jobs_are_dropped(worker: tuple[GatehouseWork
     w._claimed[job.id] = claim if isinstance(claim, Claimed) else Claimed(payload(job), 1, True)
     await w.run_job(job.id, 0)
     assert fake.jobs == [] and await events_of(w.pool, job.id) == []
+
+
+def test_batch_lines_yield_to_interactive_calls_but_never_stall() -> None:
+    w = GatehouseWorker(functions=[run_request], redis_settings=RedisSettings(), max_jobs=100, keep_result=0)
+    w.batch_share, w.batch_busy_slots = 0.75, 0
+    assert w._batch_room(100) == 75  # idle: batch lines take their share, interactive calls keep the rest
+    assert w._batch_room(10) == 10  # never more than the free slots
+    w.job_counter = w._batch_running = 75
+    assert w._batch_room(25) == 0  # the share is taken
+    w.job_counter, w._batch_running = 1, 0  # an interactive call runs here: batch lines wait ...
+    w._batch_at = time.monotonic()
+    assert w._batch_room(99) == 0
+    w._batch_at -= BATCH_TRICKLE_S  # ... but one starts each BATCH_TRICKLE_S
+    assert w._batch_room(99) == 1
+    w.job_counter, w._batch_running = 2, 1
+    w._batch_at = time.monotonic()
+    assert w._batch_room(98) == 0
+    w.job_counter = w._batch_running = 1  # the interactive call ended just now: the worker is still busy
+    w._interactive_at = time.monotonic()
+    assert w._batch_room(99) == 0
+    w._interactive_at -= BUSY_HOLD_S  # and idle again after BUSY_HOLD_S
+    assert w._batch_room(99) == 74
+    w.batch_busy_slots = 8  # where upstreams are the bottleneck, operators let batch lines run beside
+    w.job_counter = 2
+    assert w._batch_room(98) == 7
