@@ -8,6 +8,7 @@ import time
 import httpx
 import openai
 import pytest
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from core import queue as q
@@ -69,10 +70,11 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
     import redis as sync_redis
 
     r = sync_redis.Redis.from_url(stack.redis_url)
-    fake_ids = {f"blocker-{i}": time.time() * 1000 + 3_600_000 for i in range(2_000)}  # scheduled far ahead
-    with r.pipeline(transaction=False) as pipe:  # real jobs (a queue entry without its job is swept as expired)
-        for job_id in fake_ids:
+    fake_ids = {f"blocker-{i}": 255e12 + i for i in range(2_000)}  # the least urgent band
+    with r.pipeline(transaction=False) as pipe:  # real jobs (a queue entry without its job is swept as expired),
+        for job_id in fake_ids:  # each held by a phantom worker, so no real one claims (and drops) it meanwhile
             pipe.set(q.ARQ_JOB_PREFIX + job_id, b"{}", ex=60)
+            pipe.set(in_progress_key_prefix + job_id, b"1", ex=60)
         pipe.zadd(q.INTERACTIVE_QUEUE, fake_ids)
         pipe.execute()
     try:
@@ -86,6 +88,7 @@ def test_queue_full_over_http(stack) -> None:  # type: ignore[no-untyped-def]
     finally:
         r.zrem(q.INTERACTIVE_QUEUE, *fake_ids)
         r.delete(*(q.ARQ_JOB_PREFIX + job_id for job_id in fake_ids))
+        r.delete(*(in_progress_key_prefix + job_id for job_id in fake_ids))
 
 
 async def test_timeout_gives_504_and_stops_the_job(stack) -> None:  # type: ignore[no-untyped-def]
