@@ -27,11 +27,11 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from bench.stack import KEY, running_stack
+from core.keys.store import KeyStore
 from core.settings import JwtSettings
 from gateway.auth import Authenticator
 from gateway.auth.jwt_auth import JwtVerifier
 from gateway.keys.cache import KeyCache
-from gateway.keys.store import KeyStore
 
 SECRET = "bench-shared-secret-for-hs256-tokens-0123456789"
 BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})

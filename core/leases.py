@@ -63,7 +63,8 @@ return redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, AR
 
 # KEYS: 1 workers zset, 2 queue zset, 3 wake list, 4 busy hash, 5 reaper hash, 6 batch queue zset
 # (batch lines, ids starting "batch_", go back to the batch lane; one that cannot run again is only removed:
-# the batch runner notices it is gone and feeds it again or fails it, core.batches)
+# the batch runner notices it is gone and feeds it again or fails it, core.batches. Any other job queued on the
+# batch lane — a call by a batch-lane key — goes back there too, and ends for its client as an interactive one)
 # ARGV: 1 lease (s), 2 a worker id to settle now ("" = every worker past its lease), 3 arq's in-progress
 #       prefix, 4 arq's retry prefix, 5 arq's job prefix, 6 running prefix, 7 output prefix, 8 the event
 #       ending a job that cannot run again, 9 output TTL (s), 10 max tries, 11 arq's abort zset,
@@ -95,7 +96,7 @@ for _, w in ipairs(dead) do
     local out = ARGV[7] .. id
     local line = string.sub(id, 1, 6) == 'batch_'
     local queue = KEYS[2]
-    if line then queue = KEYS[6] end
+    if line or (KEYS[6] and redis.call('ZSCORE', KEYS[6], id)) then queue = KEYS[6] end
     if redis.call('EXISTS', ARGV[5] .. id) == 0 then
       redis.call('DEL', ARGV[3] .. id)
       redis.call('ZREM', queue, id)
@@ -134,10 +135,11 @@ return {#dead, requeued, ended, swept}
 """
 
 
-# KEYS: 1 gateways zset, 2 queue zset, 3 reaper hash
+# KEYS: 1 gateways zset, 2 queue zset, 3 reaper hash, 4 (optional) batch queue zset: calls by batch-lane keys
 # ARGV: 1 gateway lease (s), 2 arq's job prefix, 3 arq's in-progress prefix, 4 output prefix, 5 the event
 #       ending a dropped job, 6 end event, 7 output TTL (s), 8 cancel channel, 9 scan limit, 10 reap gap (s)
-# Judged only while reaping is continuous (REAP_LUA, run just before, keeps the reaper hash).
+# Judged only while reaping is continuous (REAP_LUA, run just before, keeps the reaper hash). Each queue is
+# scanned up to ARGV[9] entries.
 # Returns {gateways gone, queued jobs dropped, running jobs cancelled}.
 REAP_GATEWAYS_LUA = """
 local t = redis.call('TIME')
@@ -150,24 +152,26 @@ if #dead == 0 then return {0, 0, 0} end
 local marks = {}
 for i, g in ipairs(dead) do marks[i] = '"origin":"' .. g .. '"' end
 local dropped, cancelled = 0, 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[9]) - 1)) do
-  local payload = redis.call('GET', ARGV[2] .. id)
-  if payload then
-    for _, mark in ipairs(marks) do
-      if string.find(payload, mark, 1, true) then
-        if redis.call('EXISTS', ARGV[3] .. id) == 1 then
-          redis.call('PUBLISH', ARGV[8], id)
-          cancelled = cancelled + 1
-        else
-          redis.call('ZREM', KEYS[2], id)
-          redis.call('DEL', ARGV[2] .. id)
-          local out = ARGV[4] .. id
-          redis.call('XADD', out, '*', 'e', ARGV[5])
-          redis.call('XADD', out, '*', 'e', ARGV[6])
-          redis.call('EXPIRE', out, ARGV[7])
-          dropped = dropped + 1
+for _, queue in ipairs({KEYS[2], KEYS[4]}) do
+  for _, id in ipairs(redis.call('ZRANGE', queue, 0, tonumber(ARGV[9]) - 1)) do
+    local payload = redis.call('GET', ARGV[2] .. id)
+    if payload then
+      for _, mark in ipairs(marks) do
+        if string.find(payload, mark, 1, true) then
+          if redis.call('EXISTS', ARGV[3] .. id) == 1 then
+            redis.call('PUBLISH', ARGV[8], id)
+            cancelled = cancelled + 1
+          else
+            redis.call('ZREM', queue, id)
+            redis.call('DEL', ARGV[2] .. id)
+            local out = ARGV[4] .. id
+            redis.call('XADD', out, '*', 'e', ARGV[5])
+            redis.call('XADD', out, '*', 'e', ARGV[6])
+            redis.call('EXPIRE', out, ARGV[7])
+            dropped = dropped + 1
+          end
+          break
         end
-        break
       end
     end
   end
@@ -228,7 +232,7 @@ def reaped(reply: list[int]) -> Reaped:
 
 
 def gateway_reap_keys(queue: str) -> list[str]:
-    return [GATEWAYS_KEY, queue, REAPER_KEY]
+    return [GATEWAYS_KEY, queue, REAPER_KEY, q.BATCH_QUEUE]
 
 
 def gateway_reap_args() -> list[str | bytes | float | int]:

@@ -40,12 +40,21 @@ RUNNING_KEY_PREFIX = "gatehouse:running:"  # hash per worker: job id -> queue sc
 SCALING_KEY = "gatehouse:scaling"  # hash: worker id -> JSON of its hybrid-scaling report (seed 004)
 SCALING_INTERVAL_S = 5.0
 BUSY_KEY_PREFIX = "gatehouse:busy:"  # hash per lane: worker id -> jobs it is running (updated each heartbeat)
-BATCH_QUEUE = "gatehouse:queue:batch"  # batch lines (core.batches): claimed only after interactive jobs
-LANES = {"interactive": INTERACTIVE_QUEUE, "batch": BATCH_QUEUE}  # lane name (a metric label) -> its arq queue
+# the batch lane: batch lines (core.batches) and calls by keys whose metadata says lane "batch", claimed only after
+# interactive jobs
+BATCH_QUEUE = "gatehouse:queue:batch"
+INTERACTIVE_LANE = "interactive"
+BATCH_LANE = "batch"
+LANES = {INTERACTIVE_LANE: INTERACTIVE_QUEUE, BATCH_LANE: BATCH_QUEUE}  # lane name (a metric label) -> its arq queue
 FAIR_KEY_SUFFIX = ":fair"  # hash per queue: the fair-queuing clocks and places (FAIR_SCORE_LUA)
 TENANTS_KEY_SUFFIX = ":tenants"  # hash per queue: job id -> tenant, while queued (lane depths per tenant)
 PRIORITY_BAND = 10**12  # queue score = priority * PRIORITY_BAND + the job's virtual start (see FAIR_SCORE_LUA)
 ARQ_JOB_PREFIX = "arq:job:"
+# benchmark runs (docs/benchmark-runs-contract.md): what only the worker knows about a call made with a run's key,
+# JSON, written with the job's last events so it is there once the client's stream has ended
+BENCH_TIMING_PREFIX = "gatehouse:bench:timing:"
+BENCH_TIMING_TTL_S = 3600
+BENCH_RUN_MAX = 64  # longest run id a key's metadata.bench_run may carry
 
 JOB_FUNCTION = "run_request"  # the arq function name every interactive job calls
 OUTPUT_TTL_S = 60  # safety net: a stream nobody consumed (reader gone) expires this long after its last write
@@ -74,6 +83,10 @@ def fair_key(queue: str) -> str:
 
 def tenants_key(queue: str) -> str:
     return queue + TENANTS_KEY_SUFFIX
+
+
+def bench_timing_key(request_id: str) -> str:
+    return BENCH_TIMING_PREFIX + request_id
 
 
 def running_key(worker_id: str) -> str:
@@ -138,13 +151,17 @@ class JobSpec:
     origin: str | None = None  # the gateway whose client waits for the answer (its lease: core.leases)
     tenant: str = ""  # whose job it is (team, else key): jobs are claimed fairly across tenants
     priority: int = 128  # LiteLLM's scale: 0 is claimed first, 255 last
+    bench_run: str | None = None  # the benchmark run whose key made this call: the worker writes its timing record
 
     def to_dict(self) -> dict[str, Any]:
         # explicit rather than dataclasses.asdict, which deep-copies ``body`` (it is on the hot path)
-        return {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body, "stream": self.stream,
-                "deadline": self.deadline, "params": self.params.to_dict(), "enqueued_at": self.enqueued_at,
-                "trace": self.trace, "origin": self.origin, "tenant": self.tenant,
-                "priority": self.priority}
+        d: dict[str, Any] = {"id": self.id, "kind": self.kind, "model": self.model, "body": self.body,
+                             "stream": self.stream, "deadline": self.deadline, "params": self.params.to_dict(),
+                             "enqueued_at": self.enqueued_at, "trace": self.trace, "origin": self.origin,
+                             "tenant": self.tenant, "priority": self.priority}
+        if self.bench_run is not None:  # rare: only then in the payload
+            d["bench_run"] = self.bench_run
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
@@ -153,10 +170,16 @@ class JobSpec:
                    deadline=float(d["deadline"]), params=SamplingParams.from_dict(d.get("params")),
                    enqueued_at=float(d.get("enqueued_at") or time.time()), trace=d.get("trace"),
                    origin=d.get("origin"), tenant=str(d.get("tenant") or ""),
-                   priority=_priority(d.get("priority")))
+                   priority=_priority(d.get("priority")), bench_run=bench_run_of(d.get("bench_run")))
 
     def remaining(self) -> float:
         return self.deadline - time.time()
+
+
+def bench_run_of(value: Any) -> str | None:
+    """A benchmark run id as a job may carry it (a key's ``metadata.bench_run``): a non-empty string of at most
+    BENCH_RUN_MAX characters, else None."""
+    return value if isinstance(value, str) and 0 < len(value) <= BENCH_RUN_MAX else None
 
 
 def _priority(value: Any) -> int:
@@ -265,21 +288,22 @@ QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.
 
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
 # KEYS: 1 interactive queue, 2 its fair hash, 3 batch queue, 4 its fair hash
-# ARGV: 1 most jobs to claim, 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4 most batch lines to
+# ARGV: 1 most jobs to claim, 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4 most batch-lane jobs to
 #       claim (within ARGV[1]), 5 most queue entries to look at per lane, 6 arq's job key prefix, 7 arq's retry
 #       key prefix, 8 arq's abort zset, 9 retry key TTL (s), 10 this worker's running hash (core.leases reaps it)
-# Interactive jobs first, then batch lines with what is left; each lane in score order (priority, then fair
-# share: FAIR_SCORE_LUA), and each lane's clock moves to the start of the latest job claimed. For each job not
-# already running elsewhere it takes arq's in-progress lock and does what arq's run_job would do next: fetch
-# the job, count the try, take it off the abort set. Each job is recorded in the worker's running hash until
-# its end-of-job transaction removes it.
-# Returns a flat list [id, score, payload|nil, try, aborted(0|1), ...] of the jobs this worker now owns: arq's
-# ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's GET/INCR/EXPIRE/ZREM, in one
-# round trip for both lanes.
-CLAIM_FIELDS = 5
+# Interactive jobs first, then the batch lane's (batch lines, calls by batch-lane keys) with what is left; each
+# lane in score order (priority, then fair share: FAIR_SCORE_LUA), and each lane's clock moves to the start of
+# the latest job claimed. For each job not already running elsewhere it takes arq's in-progress lock and does
+# what arq's run_job would do next: fetch the job, count the try, take it off the abort set. Each job is
+# recorded in the worker's running hash until its end-of-job transaction removes it.
+# Returns a flat list [id, score, payload|nil, try, aborted(0|1), lane(CLAIM_INTERACTIVE|CLAIM_BATCH), ...] of
+# the jobs this worker now owns: arq's ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's
+# GET/INCR/EXPIRE/ZREM, in one round trip for both lanes.
+CLAIM_FIELDS = 6
+CLAIM_INTERACTIVE, CLAIM_BATCH = 0, 1  # a claimed job's last field: the lane it came from
 CLAIM_LUA = """
 local out = {}
-local function claim(queue, fair, want)
+local function claim(queue, fair, want, lane)
   if want <= 0 then return end
   local taken, clocks = 0, {}
   local head = redis.call('ZRANGE', queue, 0, tonumber(ARGV[5]) - 1, 'WITHSCORES')
@@ -297,6 +321,7 @@ local function claim(queue, fair, want)
       out[#out + 1] = redis.call('GET', ARGV[6] .. id)
       out[#out + 1] = tries
       out[#out + 1] = redis.call('ZREM', ARGV[8], id)
+      out[#out + 1] = lane
       taken = taken + 1
       local score = tonumber(head[i + 1])
       local band = math.floor(score / 1e12)
@@ -311,8 +336,8 @@ local function claim(queue, fair, want)
   return taken
 end
 local want = tonumber(ARGV[1])
-local got = claim(KEYS[1], KEYS[2], want) or 0
-claim(KEYS[3], KEYS[4], math.min(want - got, tonumber(ARGV[4])))
+local got = claim(KEYS[1], KEYS[2], want, 0) or 0  -- CLAIM_INTERACTIVE
+claim(KEYS[3], KEYS[4], math.min(want - got, tonumber(ARGV[4])), 1)  -- CLAIM_BATCH
 return out
 """
 RETRY_KEY_TTL_S = 88_400  # arq's own TTL for its retry counters

@@ -25,13 +25,16 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class JobQueue:
-    """Submits interactive jobs to the arq queue and cancels them."""
+    """Submits jobs to one lane's arq queue (``name``: the interactive lane unless told) and cancels them."""
 
-    def __init__(self, redis: Redis, *, name: str = q.INTERACTIVE_QUEUE, max_depth: int = 2_000):
+    def __init__(self, redis: Redis, *, name: str = q.INTERACTIVE_QUEUE, max_depth: int = 2_000,
+                 wake: str | None = None):
         self.redis = redis
         self.name = name
         self.max_depth = max_depth
-        self._wake = q.wake_key(name)
+        # ``wake``: the queue whose wake list the workers block on, if not ``name``'s (the batch lane's jobs wake
+        # them through the interactive lane's list, as the batch runner's feed does)
+        self._wake = q.wake_key(wake or name)
         self._fair = q.fair_key(name)
         self._tenants = q.tenants_key(name)
         self._background: set[asyncio.Task[None]] = set()

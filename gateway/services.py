@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
+from core import queue as q
 from core.config import Config, ModelEntry
 from core.durations import duration_seconds
+from core.keys.store import KeyStore
 from core.pricing import FREE, Price, price_list
 from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
@@ -19,7 +21,6 @@ from gateway.db.database import Database, DatabaseUnavailable
 from gateway.draining import Drain
 from gateway.enqueue import JobQueue
 from gateway.keys.cache import KeyCache
-from gateway.keys.store import KeyStore
 from gateway.limits import Limiter, Scope
 from gateway.reaper import Reaper
 from gateway.spend import PgSpendLoader, SpendRecorder
@@ -33,7 +34,8 @@ class Services:
     config: Config
     redis: Redis  # commands, each bounded by REDIS_TIMEOUT_S: a stalled Redis costs a 503, not a hang
     streams: Redis  # blocking reads (output streams, pub/sub): no socket timeout, each read bounds itself
-    queue: JobQueue
+    queue: JobQueue  # the interactive lane
+    batch_queue: JobQueue  # the batch lane, for keys whose metadata says lane "batch"
     auth: Authenticator
     db: Database | None
     models: dict[str, ModelEntry]
@@ -78,6 +80,7 @@ class Services:
         await self.keys.aclose()
         await self.reaper.aclose()
         await self.queue.aclose()
+        await self.batch_queue.aclose()
         await self.redis.aclose()
         await self.streams.aclose()
         if self.db is not None:
@@ -128,6 +131,7 @@ async def build_services(config: Config, master_key: str, drain: Drain | None = 
         reaper=reaper,
         drain=drain or Drain(s.shutdown_grace_s),
         queue=JobQueue(redis, max_depth=s.queue_max_depth),
+        batch_queue=JobQueue(redis, name=q.BATCH_QUEUE, max_depth=s.queue_max_depth, wake=q.INTERACTIVE_QUEUE),
         auth=Authenticator(master_key, keys, jwt),
         db=db,
         models=models,

@@ -96,6 +96,13 @@ class Generation:
         self.svc = svc
         self.settings = svc.config.settings
         self.principal = principal
+        self.queue = svc.queue  # the lane the job goes to
+        self.bench_run: str | None = None  # the benchmark run the key belongs to (ADR 0018)
+        md = principal.metadata
+        if md:  # a key's metadata may put its calls on the batch lane and in a benchmark run
+            if md.get("lane") == "batch":
+                self.queue = svc.batch_queue
+            self.bench_run = q.bench_run_of(md.get("bench_run"))
 
     @classmethod
     async def accept(
@@ -143,8 +150,8 @@ class Generation:
                                                                           stream),
                               trace=self._trace_context(request) if self.svc.tracing else None)
             spec.origin = self.svc.reaper.gateway_id  # if this gateway dies, nobody waits for the answer
-            spec.tenant, spec.priority = tenant_of(self.principal), priority
-            first = await self.svc.queue.submit(spec)
+            spec.tenant, spec.priority, spec.bench_run = tenant_of(self.principal), priority, self.bench_run
+            first = await self.queue.submit(spec)
             shape = Shape(kind, f"{id_prefix}{rid}", model, p.now())
             if stream:
                 if first and (ev := q.unpack_events(first[0][1][q.EVENT_FIELD])[0])["k"] == "error":
@@ -218,7 +225,7 @@ class Generation:
         pr = self.principal
         return TraceContext(route=f"{request.method} {route_of(request.scope)}",
                             received_at=request.scope[STARTED_KEY][0], user_id=pr.user_id or pr.id,
-                            session_id=request.headers.get("x-session-id"), key_alias=pr.alias,
+                            session_id=request.headers.get("x-session-id") or self.bench_run, key_alias=pr.alias,
                             team_id=pr.team_id).to_dict()
 
     def _settle(self, rid: str, delivered: bool) -> None:
@@ -226,7 +233,7 @@ class Generation:
         if delivered:
             self.svc.queue.consumed(rid)
         else:
-            self.svc.queue.cancel_soon(rid)
+            self.queue.cancel_soon(rid)
 
 
 def _has_end(entries: Entries | None) -> bool:

@@ -10,11 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.batches import LINE_JOB_PREFIX
-from core.queue import BATCH_QUEUE, lane_of
+from core.queue import BATCH_LANE
 from observability import calls, metrics
 from observability.calls import CallRecord, Status, TraceContext, has_token
 
-BATCH_LANE = lane_of(BATCH_QUEUE)
 MAX_TRACED_TEXT = 64_000  # characters of streamed output kept for a trace; the rest is elided
 VENDOR_FIELDS = ("quantum_diagnostics",)  # answer fields worth putting in a trace's metadata
 SAMPLING_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop", "n",
@@ -25,7 +24,7 @@ class JobObserver:
     def __init__(self, *, worker_id: str, lane: str, backend_kinds: dict[str, str],
                  prices: Mapping[str, tuple[float, float]], tracer: Any = None):
         self.worker_id = worker_id
-        self.lane = lane  # the interactive lane's name; batch lines (ids batch_…) are on the batch lane
+        self.lane = lane  # the interactive lane's name: a job's lane unless the worker says otherwise (``start``)
         self.backend_kinds = backend_kinds  # model name -> backend kind (openai, local, litellm, ...)
         self.prices = prices
         self.tracer = tracer  # observability.tracing.Tracer, or None
@@ -34,21 +33,27 @@ class JobObserver:
         self._queue_wait = {lane: metrics.QUEUE_WAIT.labels(lane), BATCH_LANE: metrics.QUEUE_WAIT.labels(BATCH_LANE)}
 
     def lane_of(self, job_id: str) -> str:
+        """A job's lane when the worker did not say which it came from: batch lines (ids batch_…) are on the batch
+        lane, anything else on the interactive one."""
         return BATCH_LANE if job_id.startswith(LINE_JOB_PREFIX) else self.lane
 
     # ── job lifecycle ─────────────────────────────────────────────────────────────────────────────────
-    def start(self, spec: Any) -> CallRecord:
-        """A worker took ``spec`` (a core.queue.JobSpec): start its record and make it current."""
+    def start(self, spec: Any, lane: str | None = None) -> CallRecord:
+        """A worker took ``spec`` (a core.queue.JobSpec) from ``lane`` (a core.queue.LANES name; None: guessed
+        from its id): start its record and make it current."""
         now = time.time()
         context = TraceContext.from_dict(spec.trace) if self.tracer is not None and spec.trace else None
         call = CallRecord(request_id=spec.id, kind=spec.kind, model=spec.model,
-                          backend=self.backend_kinds.get(spec.model, "unknown"), lane=self.lane_of(spec.id),
+                          backend=self.backend_kinds.get(spec.model, "unknown"), lane=lane or self.lane_of(spec.id),
                           worker_id=self.worker_id, enqueued_at=spec.enqueued_at, started_at=now, context=context)
         if context is not None:  # only a traced job keeps its input and output
             call.input = _input_of(spec.kind, spec.body)
             call.model_parameters = {k: spec.body[k] for k in SAMPLING_PARAMS if spec.body.get(k) is not None}
             call.output = []  # streamed text pieces, joined at the end
-        self._queue_wait[call.lane].observe(call.queue_wait_s)
+        wait = self._queue_wait.get(call.lane)
+        if wait is None:
+            wait = self._queue_wait[call.lane] = metrics.QUEUE_WAIT.labels(call.lane)
+        wait.observe(call.queue_wait_s)
         calls.current.set(call)
         return call
 

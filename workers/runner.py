@@ -46,20 +46,22 @@ INTERNAL = BackendError(500, "The worker had an internal error running this requ
                         code="internal_error")
 
 
-async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
-    """Run one request; its last events are left in ``state.final_events`` for the worker to write."""
+async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any], lane: str | None = None) -> None:
+    """Run one request (``lane``: the one the worker claimed it from); its last events are left in
+    ``state.final_events`` (and a benchmark call's timing record in ``state.bench_timings``) for the worker to
+    write."""
     state = state_of(ctx)
     spec = JobSpec.from_dict(spec_dict)
     request_id_var.set(spec.id)  # this job's task only: every log line below carries the request id
     writer = EventWriter(state.redis, spec.id)
-    call = state.observer.start(spec)
+    call = state.observer.start(spec, lane)
     status: Status = "ok"
     failure: BackendError | None = None
     final: list[bytes] = []
     try:
         final = await routed_answer(state, spec, writer, call)
     except asyncio.CancelledError:
-        await _end(state, spec.id, writer, call, "cancelled", CANCELLED, final)
+        await _end(state, spec, writer, call, "cancelled", CANCELLED, final)
         raise
     except BackendError as e:
         status, failure = "error", e
@@ -68,7 +70,7 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     except Exception:
         log.exception("request %s failed in the worker", spec.id)  # a bug must not leave the client waiting
         status, failure = "error", INTERNAL
-    await _end(state, spec.id, writer, call, status, failure, final)
+    await _end(state, spec, writer, call, status, failure, final)
 
 
 class Emitter(Protocol):
@@ -196,9 +198,11 @@ def with_opening(opening: Chunk, chunk: Chunk) -> Chunk:
     return {**chunk, "choices": [*leftover, *choices]}
 
 
-async def _end(state: WorkerState, job_id: str, writer: EventWriter, call: CallRecord, status: Status,
+async def _end(state: WorkerState, spec: JobSpec, writer: EventWriter, call: CallRecord, status: Status,
                failure: BackendError | None, final: list[bytes]) -> None:
-    """Close the job's record and leave its last events (and, when traced, its record) to the worker."""
+    """Close the job's record and leave its last events (and, when traced, its record; for a benchmark call, its
+    timing record) to the worker."""
+    job_id = spec.id
     if failure is not None:
         final = [*final, failure.event()]
     state.observer.finish(call, status, failure.as_dict() if failure is not None else None)
@@ -207,3 +211,17 @@ async def _end(state: WorkerState, job_id: str, writer: EventWriter, call: CallR
     elif state.observer.traced(call):
         state.finished_calls[job_id] = call  # traced by GatehouseWorker.finish_job, after the answer is out
     state.final_events[job_id] = [*await asyncio.shield(writer.settle()), *final, q.END_EVENT]
+    if spec.bench_run is not None:
+        state.bench_timings[job_id] = bench_timing(call, spec.bench_run)
+
+
+def bench_timing(call: CallRecord, bench_run: str) -> bytes:
+    """A benchmark call's timing record (core.queue.bench_timing_key; docs/benchmark-runs-contract.md): what only
+    the worker knows. ``upstream_ms`` is the worker's time on the job, its backend call included;
+    ``upstream_ttft_ms`` runs to the backend's first token (None when there was none)."""
+    first = call.first_token_at
+    return q.dumps({"queue_ms": round(call.queue_wait_s * 1000, 3),
+                    "upstream_ms": round(max(0.0, call.finished_at - call.started_at) * 1000, 3),
+                    "upstream_ttft_ms": None if first is None else round(max(0.0, first - call.started_at) * 1000, 3),
+                    "cold_start": call.cold_start, "retries": call.retries,
+                    "cost": float((call.cost or {}).get("total") or 0.0), "bench_run": bench_run})

@@ -24,6 +24,8 @@ class WorkerState:
     final_events: dict[str, list[bytes]] = field(default_factory=dict)
     # job id -> its CallRecord, traced by GatehouseWorker.finish_job once the answer is out
     finished_calls: dict[str, CallRecord] = field(default_factory=dict)
+    # job id -> its benchmark timing record (JobSpec.bench_run), written by GatehouseWorker.finish_job with its events
+    bench_timings: dict[str, bytes] = field(default_factory=dict)
 
 
 def state_of(ctx: dict[str, Any]) -> WorkerState:

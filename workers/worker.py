@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from core import leases
 from core import queue as q
-from core.batches import LINE_JOB_PREFIX, RESULTS_STREAM, done_key, parse_line_job
+from core.batches import RESULTS_STREAM, done_key, parse_line_job
 from workers.events import EventWriter
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState, state_of
@@ -72,10 +72,13 @@ class GatehouseWorker(Worker):
         self._handed_back: set[str] = set()  # jobs cut short by shutdown: settled by hand_back, not finish_job
         self._unfinished: list[str] = []  # jobs whose end-of-job bookkeeping met a Redis outage
         self._redis_down_since: float | None = None
-        self._lanes = [q.INTERACTIVE_QUEUE, q.fair_key(q.INTERACTIVE_QUEUE), q.BATCH_QUEUE, q.fair_key(q.BATCH_QUEUE)]
-        self._batch_running = 0  # batch lines among this worker's jobs
+        self.batch_queue = q.BATCH_QUEUE
+        self._lanes = [q.INTERACTIVE_QUEUE, q.fair_key(q.INTERACTIVE_QUEUE), self.batch_queue,
+                       q.fair_key(self.batch_queue)]
+        self._batch_jobs: set[str] = set()  # jobs this worker claimed from the batch lane, until their end is written
+        self._batch_running = 0  # of them, those running (batch lines and calls by batch-lane keys alike)
         self._interactive_at = -BUSY_HOLD_S  # monotonic time this worker last claimed or ended an interactive job
-        self._batch_at = 0.0  # and last claimed a batch line
+        self._batch_at = 0.0  # and last claimed a job from the batch lane
         self.batch_share = 1.0  # of max_jobs, at most, for batch lines (set by workers.assemble)
         self.batch_busy_slots = 0  # batch lines at most while interactive calls run here (set by workers.assemble)
 
@@ -173,9 +176,10 @@ class GatehouseWorker(Worker):
                                               retry_key_prefix, abort_jobs_ss, q.RETRY_KEY_TTL_S,
                                               q.running_key(self.worker_id)])
             for i in range(0, len(claimed), q.CLAIM_FIELDS):
-                job_id, score, payload, tries, aborted = claimed[i:i + q.CLAIM_FIELDS]
+                job_id, score, payload, tries, aborted, lane = claimed[i:i + q.CLAIM_FIELDS]
                 job_id = job_id.decode()
-                if job_id.startswith(LINE_JOB_PREFIX):
+                if lane == q.CLAIM_BATCH:
+                    self._batch_jobs.add(job_id)
                     self._batch_running += 1
                     self._batch_at = time.monotonic()
                 else:
@@ -201,6 +205,7 @@ class GatehouseWorker(Worker):
         trip for the job, no per-job context copy or argument repr, and the job function runs in this task (no
         second task per job). Timeouts, abort and counters as arq's."""
         claim = self._claimed.pop(job_id, None) or Claimed(None, 1, False)
+        batch = job_id in self._batch_jobs
         try:
             args = self._job_args(job_id, claim)
             if args is None:
@@ -211,12 +216,13 @@ class GatehouseWorker(Worker):
             self.job_tasks[job_id] = this  # what the cancel listener and arq's abort cancel
             try:
                 async with asyncio.timeout(self.job_timeout_s):
-                    await run_request(self.ctx, *args)
+                    await run_request(self.ctx, args[0], q.BATCH_LANE if batch else q.INTERACTIVE_LANE)
                 self.jobs_complete += 1
             except asyncio.CancelledError:
                 self.jobs_failed += 1
                 if job_id not in self.aborting_tasks:  # the worker is stopping: hand_back settles the job
                     self.state.final_events.pop(job_id, None)
+                    self.state.bench_timings.pop(job_id, None)
                     self._handed_back.add(job_id)
                     log.info("job %s stopped before it finished; handed back", job_id)
                     return
@@ -234,12 +240,13 @@ class GatehouseWorker(Worker):
             finally:
                 self.job_tasks.pop(job_id, None)
         finally:
-            if job_id.startswith(LINE_JOB_PREFIX):
+            if batch:
                 self._batch_running -= 1
             else:
                 self._interactive_at = time.monotonic()
             if job_id in self._handed_back:
                 self._handed_back.discard(job_id)
+                self._batch_jobs.discard(job_id)
             else:
                 try:
                     await asyncio.shield(self.finish_job(job_id, True, None, 0, False, None, None))
@@ -270,12 +277,16 @@ class GatehouseWorker(Worker):
         """arq's end-of-job bookkeeping, with the request's last output events in the same transaction."""
         state = self.state
         events = state.final_events.pop(job_id, None)
+        timing = state.bench_timings.pop(job_id, None) if state.bench_timings else None
         try:
             await self._finish_job(job_id, events, finish, result_data, result_timeout_s, keep_result_forever,
-                                   incr_score, keep_in_progress)
+                                   incr_score, keep_in_progress, timing)
+            self._batch_jobs.discard(job_id)
         except q.REDIS_DOWN:
             if events is not None:  # kept for the retry once Redis is back (run_job: _unfinished), not dropped
                 state.final_events[job_id] = events
+            if timing is not None:
+                state.bench_timings[job_id] = timing
             raise
         finally:
             call = state.finished_calls.pop(job_id, None)
@@ -284,9 +295,11 @@ class GatehouseWorker(Worker):
 
     async def _finish_job(self, job_id: str, events: list[bytes] | None, finish: bool, result_data: bytes | None,
                           result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
-                          keep_in_progress: float | None) -> None:
+                          keep_in_progress: float | None, timing: bytes | None = None) -> None:
         running = q.running_key(self.worker_id)
         if not finish or result_data is not None or keep_in_progress is not None:
+            if timing is not None:
+                await self.pool.set(q.bench_timing_key(job_id), timing, ex=q.BENCH_TIMING_TTL_S)
             if events:
                 await EventWriter(self.pool, job_id).write(events)
             await super().finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever,
@@ -294,20 +307,23 @@ class GatehouseWorker(Worker):
             await self._command("HDEL", running, job_id)
             return
         line = parse_line_job(job_id)
+        queue = self.batch_queue if job_id in self._batch_jobs else self.queue_name
         async with self.pool.pipeline(transaction=True) as tr:
+            if timing is not None:  # a benchmark call's timing record: there before its client reads the end
+                tr.set(q.bench_timing_key(job_id), timing, ex=q.BENCH_TIMING_TTL_S)
             if line is not None:  # a batch line: its result goes to the batch runner, with the line marked done
                 if events:
                     tr.xadd(RESULTS_STREAM, {b"j": job_id, q.EVENT_FIELD: q.pack_events(events)})
                     tr.hset(done_key(line[0]), str(line[1]), "1")
-                tr.zrem(q.BATCH_QUEUE, job_id)
-                tr.hdel(q.tenants_key(q.BATCH_QUEUE), job_id)
+                tr.zrem(self.batch_queue, job_id)
+                tr.hdel(q.tenants_key(self.batch_queue), job_id)
             else:
                 if events:
                     out = q.output_key(job_id)
                     tr.xadd(out, {q.EVENT_FIELD: q.pack_events(events)})
                     tr.expire(out, q.OUTPUT_TTL_S)
-                tr.zrem(self.queue_name, job_id)
-                tr.hdel(q.tenants_key(self.queue_name), job_id)
+                tr.zrem(queue, job_id)
+                tr.hdel(q.tenants_key(queue), job_id)
             tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
             tr.hdel(running, job_id)
             tr.zrem(abort_jobs_ss, job_id)

@@ -1,5 +1,5 @@
-"""Virtual keys in PostgreSQL (table ``virtual_keys``, migration 0001), through gateway.db's bounded calls:
-an unreachable database is a ``DatabaseUnavailable`` (503), never a hang."""
+"""Virtual keys in PostgreSQL (table ``virtual_keys``, migration 0001), through core.database's bounded calls:
+an unreachable database is a ``DatabaseUnavailable`` (the gateway's answers 503), never a hang."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.db.database import Database
-from gateway.keys.tokens import KeyCredential, hash_secret, new_credential
+from core.database import Database
+from core.keys.tokens import KeyCredential, hash_secret, new_credential
 
 # columns a caller may set (create/update); everything else is managed here
 SETTABLE = ("key_alias", "user_id", "team_id", "models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from core.durations import duration_seconds
+from core.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 from gateway.errors import AuthenticationFailed
 from gateway.keys.cache import KeyCache
-from gateway.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
 
 if TYPE_CHECKING:
     from gateway.auth.jwt_auth import JwtIdentity, JwtVerifier

@@ -23,16 +23,16 @@ import time
 import orjson
 from redis.asyncio import Redis
 
+from core.keys import CACHE_PREFIX, INVALIDATE_CHANNEL, forget
+from core.keys.store import KeyRecord, KeyStore
 from gateway.db.database import DatabaseUnavailable
-from gateway.keys.store import KeyRecord, KeyStore
 
 log = logging.getLogger("gatehouse.keys")
 LOCAL_TTL_S = 1.0
 LOCAL_MAX = 100_000
 REDIS_TTL_S = 60
 STALE_TTL_S = 86_400
-REDIS_PREFIX = "gatehouse:vkey:"
-INVALIDATE_CHANNEL = "gatehouse:vkey:invalidate"
+REDIS_PREFIX = CACHE_PREFIX
 _MISS = b"-"
 
 Entry = tuple[KeyRecord, bytes] | None
@@ -102,11 +102,7 @@ class KeyCache:
             return
         for k in key_ids:
             self._local.pop(k, None)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(*(REDIS_PREFIX + k for k in key_ids))
-            for k in key_ids:
-                pipe.publish(INVALIDATE_CHANNEL, k)
-            await pipe.execute()
+        await forget(self.redis, *key_ids)
 
     async def _listen(self) -> None:
         while True:

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from core import schemas as p
+from core.keys.store import KeyRecord
+from core.keys.tokens import is_key_id, parse_bearer
 from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.keys.fields import KeyDelete, KeyFields, KeyUpdate, text_param
-from gateway.keys.store import KeyRecord
-from gateway.keys.tokens import is_key_id, parse_bearer
 from gateway.openapi import request_body
 from gateway.services import Services, services
 from gateway.serving import parse, read_json

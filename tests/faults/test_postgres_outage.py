@@ -27,7 +27,7 @@ import yaml
 from conftest import MASTER_KEY, free_port, show_logs, start_processes, stop_processes, wait_http
 
 MSG = [{"role": "user", "content": "The "}]
-VKEY_PREFIX = "gatehouse:vkey:"  # gateway.keys.cache.REDIS_PREFIX
+VKEY_PREFIX = "gatehouse:vkey:"  # core.keys.CACHE_PREFIX
 
 
 @dataclass

@@ -28,8 +28,8 @@ async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 class Keys:
     def __init__(self) -> None:
         self.p = f"gh-leases:{uuid.uuid4().hex}:"
-        self.workers, self.queue, self.busy, self.abort, self.reaper = (
-            self.p + n for n in ("workers", "queue", "busy", "abort", "reaper"))
+        self.workers, self.queue, self.busy, self.abort, self.reaper, self.batch = (
+            self.p + n for n in ("workers", "queue", "busy", "abort", "reaper", "batch"))
         self.wake = q.wake_key(self.queue)
 
     def prefix(self, name: str) -> str:
@@ -40,7 +40,8 @@ async def reap(r: aioredis.Redis, k: Keys, worker_id: str = "", event: bytes = l
     args: list[Any] = [q.WORKER_LEASE_S, worker_id, k.prefix("lock"), k.prefix("retry"), k.prefix("job"),
                        k.prefix("running"), k.prefix("out"), event, q.OUTPUT_TTL_S, q.MAX_TRIES, k.abort,
                        q.END_EVENT, leases.SWEEP_LIMIT, leases.REAP_GAP_S]
-    return leases.reaped(await r.eval(leases.REAP_LUA, 5, k.workers, k.queue, k.wake, k.busy, k.reaper, *args))
+    return leases.reaped(await r.eval(leases.REAP_LUA, 6, k.workers, k.queue, k.wake, k.busy, k.reaper, k.batch,
+                                      *args))
 
 
 async def reaping_for_a_while(r: aioredis.Redis, k: Keys) -> None:
@@ -50,9 +51,10 @@ async def reaping_for_a_while(r: aioredis.Redis, k: Keys) -> None:
 
 
 async def hold(r: aioredis.Redis, k: Keys, worker: str, job: str, score: int, *, tries: int = 1,
-               output: bool = False) -> None:
-    """What the claim script leaves for a running job (and, with ``output``, a chunk already streamed)."""
-    await r.zadd(k.queue, {job: score})
+               output: bool = False, batch: bool = False) -> None:
+    """What the claim script leaves for a running job (and, with ``output``, a chunk already streamed; with
+    ``batch``, on the batch lane)."""
+    await r.zadd(k.batch if batch else k.queue, {job: score})
     await r.set(k.prefix("job") + job, b"payload")
     await r.set(k.prefix("lock") + job, b"1")
     await r.set(k.prefix("retry") + job, tries)
@@ -114,6 +116,23 @@ async def test_dead_worker_jobs_are_requeued_or_ended(r: aioredis.Redis) -> None
     assert await reap(r, k) == leases.Reaped()  # settled once: a second reaper finds nothing
 
 
+async def test_a_batch_lane_call_goes_back_to_the_batch_lane(r: aioredis.Redis) -> None:
+    """A call by a batch-lane key (no batch line: its client waits on its output stream) is re-queued on the lane
+    it came from, or ends for its client with worker_lost like an interactive call."""
+    k = Keys()
+    await r.zadd(k.workers, {"dead": time.time() - q.WORKER_LEASE_S - 5})
+    await hold(r, k, "dead", "bench-quiet", 100, batch=True)
+    await hold(r, k, "dead", "bench-talking", 200, batch=True, output=True)
+    await hold(r, k, "dead", "batch_x:1", 300, batch=True, tries=2)  # a batch line that cannot run again
+    await reaping_for_a_while(r, k)
+    assert await reap(r, k) == leases.Reaped(workers=1, requeued=1, ended=2)
+    assert await r.zscore(k.batch, "bench-quiet") == 100 and await r.zscore(k.queue, "bench-quiet") is None
+    assert await r.llen(k.wake) == 1
+    assert (await events(r, k, "bench-talking"))[-2]["code"] == "worker_lost"
+    assert await r.zcard(k.batch) == 1 and await r.zcard(k.queue) == 0
+    assert await events(r, k, "batch_x:1") == []  # a line's result goes to the batch runner, never a stream
+
+
 async def test_leases_are_not_judged_right_after_a_gap_in_reaping(r: aioredis.Redis) -> None:
     """A reap that waited out a stalled Redis must not take every lease for stale: live workers' beats may be
     queued right behind it. Reaping resumes a whole lease after the gap."""
@@ -152,8 +171,8 @@ def test_events_are_openai_errors() -> None:
 async def reap_gateways(r: aioredis.Redis, k: Keys) -> leases.GatewaysReaped:
     args: list[Any] = [leases.GATEWAY_LEASE_S, k.prefix("job"), k.prefix("lock"), k.prefix("out"),
                        leases.GATEWAY_LOST_EVENT, q.END_EVENT, q.OUTPUT_TTL_S, k.p + "cancel", 100, leases.REAP_GAP_S]
-    return leases.gateways_reaped(await r.eval(leases.REAP_GATEWAYS_LUA, 3, k.p + "gateways", k.queue, k.reaper,
-                                               *args))
+    return leases.gateways_reaped(await r.eval(leases.REAP_GATEWAYS_LUA, 4, k.p + "gateways", k.queue, k.reaper,
+                                               k.batch, *args))
 
 
 def payload(job_id: str, origin: str) -> bytes:
@@ -172,13 +191,16 @@ async def test_a_dead_gateways_jobs_are_dropped_or_cancelled(r: aioredis.Redis) 
     for job_id, origin in (("queued", "gw:dead"), ("running", "gw:dead"), ("other", "gw:alive")):
         await r.zadd(k.queue, {job_id: 1})
         await r.set(k.prefix("job") + job_id, payload(job_id, origin))
+    await r.zadd(k.batch, {"bench-queued": 1})  # a batch-lane key's call from that gateway: dropped too
+    await r.set(k.prefix("job") + "bench-queued", payload("bench-queued", "gw:dead"))
     await r.set(k.prefix("lock") + "running", b"1")
     pubsub = r.pubsub()
     await pubsub.subscribe(k.p + "cancel")
     await pubsub.get_message(timeout=1)  # the subscription's confirmation
 
-    assert await reap_gateways(r, k) == leases.GatewaysReaped(gateways=1, dropped=1, cancelled=1)
+    assert await reap_gateways(r, k) == leases.GatewaysReaped(gateways=1, dropped=2, cancelled=1)
     assert set(await r.zrange(k.queue, 0, -1)) == {b"other", b"running"}
+    assert await r.zcard(k.batch) == 0 and (await events(r, k, "bench-queued"))[0]["code"] == "gateway_lost"
     assert await r.exists(k.prefix("job") + "queued") == 0
     evs = await events(r, k, "queued")  # if that gateway was only stalled, its client is not left waiting
     assert evs[0]["code"] == "gateway_lost" and evs[-1] == {"k": "end"}

@@ -81,6 +81,17 @@ def test_from_dict_coerces_and_defaults() -> None:
     assert back.remaining() < 0  # a deadline in 1970 has passed
 
 
+def test_bench_run_rides_in_the_payload_only_when_set() -> None:
+    assert "bench_run" not in spec().to_dict()  # every other job's payload stays as it was
+    s = spec(bench_run="bench_01JABC")
+    wire = orjson.loads(q.dumps(s.to_dict()))
+    assert wire["bench_run"] == "bench_01JABC" and JobSpec.from_dict(wire) == s
+    # tolerant: anything but a short non-empty string is no run at all
+    for bad in (None, "", 42, ["bench_x"], "b" * (q.BENCH_RUN_MAX + 1)):
+        assert JobSpec.from_dict({**wire, "bench_run": bad}).bench_run is None
+    assert q.bench_run_of("b" * q.BENCH_RUN_MAX) == "b" * q.BENCH_RUN_MAX
+
+
 def test_remaining_counts_down_to_the_deadline() -> None:
     s = spec(deadline=time.time() + 30)
     assert 29 < s.remaining() <= 30
@@ -129,6 +140,8 @@ def test_key_names() -> None:
     assert q.busy_key("interactive") == "gatehouse:busy:interactive"
     assert q.lane_of(q.INTERACTIVE_QUEUE) == "interactive"
     assert q.lane_of("gatehouse:queue:gpu") == "gpu"  # not a configured lane: the name's last part
+    assert q.lane_of(q.BATCH_QUEUE) == q.BATCH_LANE == "batch" and q.LANES[q.INTERACTIVE_LANE] == q.INTERACTIVE_QUEUE
+    assert q.bench_timing_key("abc") == "gatehouse:bench:timing:abc" and q.BENCH_TIMING_TTL_S == 3600
 
 
 # ── the scripts, on a real Valkey ─────────────────────────────────────────────────────────────────────
@@ -206,6 +219,7 @@ class Claimed:
     payload: bytes | None
     tries: int
     aborted: bool
+    lane: int = q.CLAIM_INTERACTIVE  # the lane it came from
 
 
 async def claim(r: aioredis.Redis, k: Keys, *, want: int = 10, batch_room: int = 10, look: int = 100,
@@ -215,9 +229,9 @@ async def claim(r: aioredis.Redis, k: Keys, *, want: int = 10, batch_room: int =
                        k.job_prefix, k.retry_prefix, k.abort, q.RETRY_KEY_TTL_S, k.prefix + "running:w1"]
     flat = await r.eval(q.CLAIM_LUA, 4, *lanes, *args)
     assert len(flat) % q.CLAIM_FIELDS == 0
-    return [Claimed(job_id.decode(), int(float(score)), payload, int(tries), bool(aborted))
-            for job_id, score, payload, tries, aborted in (flat[i:i + q.CLAIM_FIELDS]
-                                                           for i in range(0, len(flat), q.CLAIM_FIELDS))]
+    return [Claimed(job_id.decode(), int(float(score)), payload, int(tries), bool(aborted), lane)
+            for job_id, score, payload, tries, aborted, lane in (flat[i:i + q.CLAIM_FIELDS]
+                                                                 for i in range(0, len(flat), q.CLAIM_FIELDS))]
 
 
 def ids(claimed: list[Claimed]) -> list[str]:
@@ -297,11 +311,27 @@ async def test_claim_takes_interactive_jobs_before_batch_lines(r: aioredis.Redis
         await enqueue(r, keys, f"line{i}", queue=keys.batch, priority=0)  # even an urgent batch line waits
     await enqueue(r, keys, "chat0")
     await enqueue(r, keys, "chat1")
-    assert ids(await claim(r, keys, want=3, batch_room=3)) == ["chat0", "chat1", "line0"]
+    first = await claim(r, keys, want=3, batch_room=3)
+    assert ids(first) == ["chat0", "chat1", "line0"]
+    # each job says which lane it came from (the worker counts and observes it there)
+    assert [c.lane for c in first] == [q.CLAIM_INTERACTIVE, q.CLAIM_INTERACTIVE, q.CLAIM_BATCH]
     # batch room bounds the batch lines claimed, whatever is free
     assert ids(await claim(r, keys, want=10, batch_room=1)) == ["line1"]
     assert ids(await claim(r, keys, want=10, batch_room=0)) == []
     assert ids(await claim(r, keys, want=10, batch_room=5)) == ["line2"]
+
+
+async def test_a_batch_lane_call_is_claimed_from_the_batch_lane_after_interactive_calls(
+        r: aioredis.Redis, keys: Keys) -> None:
+    """A call by a batch-lane key (a benchmark's, say) is no batch line, but it waits behind interactive calls as
+    batch lines do, shares the batch room with them, and is reported as claimed from the batch lane."""
+    await enqueue(r, keys, "bench0", queue=keys.batch, payload=q.serialize_job(spec(id="bench0", bench_run="b1"), 1))
+    await enqueue(r, keys, "batch_x:1", queue=keys.batch)
+    await enqueue(r, keys, "chat0")
+    got = await claim(r, keys, want=2, batch_room=2)
+    assert [(c.id, c.lane) for c in got] == [("chat0", q.CLAIM_INTERACTIVE), ("bench0", q.CLAIM_BATCH)]
+    assert got[1].payload is not None and JobSpec.from_dict(q.loads(got[1].payload)["a"][0]).bench_run == "b1"
+    assert [(c.id, c.lane) for c in await claim(r, keys, batch_room=1)] == [("batch_x:1", q.CLAIM_BATCH)]
 
 
 async def test_claim_takes_queued_jobs_and_their_locks(r: aioredis.Redis, keys: Keys) -> None:
@@ -323,7 +353,7 @@ async def test_claim_does_what_run_job_would_do_next(r: aioredis.Redis, keys: Ke
     await r.set(keys.retry_prefix + "a", 2)  # tried twice before
     await r.zadd(keys.abort, {"a": 1, "other": 1})
     first, gone = await claim(r, keys)
-    assert first == Claimed("a", 1, b"payload-a", 3, True)
+    assert first == Claimed("a", 1, b"payload-a", 3, True, q.CLAIM_INTERACTIVE)
     assert gone == Claimed("gone", 2, None, 1, False)  # its job key expired: no payload, still claimed
     assert await r.zrange(keys.abort, 0, -1) == [b"other"]
     assert await r.get(keys.retry_prefix + "a") == b"3"

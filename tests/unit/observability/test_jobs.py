@@ -46,6 +46,18 @@ def test_observer_fills_the_record_and_counts_the_job() -> None:
                   gen_ai_token_type="output") >= 2
 
 
+def test_a_job_is_observed_on_the_lane_it_came_from() -> None:
+    obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=None)
+    waits = sample("gatehouse_queue_wait_seconds_count", lane="batch")
+    call = obs.start(job(), "batch")  # a batch-lane key's call: the worker claimed it from the batch lane
+    assert call.lane == "batch" and sample("gatehouse_queue_wait_seconds_count", lane="batch") == waits + 1
+    obs.finish(call, "ok")
+    assert obs.start(job()).lane == "unit-lane"  # the worker did not say: by its id
+    line = job()
+    line.id = "batch_0123:4"
+    assert obs.start(line).lane == "batch"
+
+
 def test_untraced_jobs_keep_no_input_or_output() -> None:
     obs = JobObserver(worker_id="w1", lane="unit-lane", backend_kinds={}, prices={}, tracer=None)
     call = obs.start(job(trace=True))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from prometheus_client import REGISTRY
 
 from core import queue as q
 from core.config import Config
@@ -88,6 +89,32 @@ async def test_seed_endpoints_by_capability(redis: ArqRedis, kind: JobKind, body
     assert result["k"] == "result"
     assert ("generated_text" in result["d"]) if kind == "generate" else result["d"] == {
         "prompt_complexity_score": [0.5, 0.5]}
+
+
+async def test_a_benchmark_call_leaves_its_timing_record_for_the_worker(redis: ArqRedis) -> None:
+    state = make_state(redis, fake=FakeBackend(delay_s=0.05))
+    state.observer.prices = {"fake": (0.001, 0.002)}
+    job = spec(stream=True)
+    job.bench_run, job.enqueued_at = "bench_unit", time.time() - 0.25  # it waited a quarter second in the queue
+    await run_request({STATE_KEY: state}, job.to_dict(), lane="unit-bench-lane")
+    timing = q.loads(state.bench_timings[job.id])
+    assert timing["bench_run"] == "bench_unit" and 250 <= timing["queue_ms"] < 2_000
+    assert timing["upstream_ms"] >= timing["upstream_ttft_ms"] >= 50
+    assert timing["cost"] == pytest.approx(1 * 0.001 + 2 * 0.002)  # usage(1, 2) at the model's prices
+    assert (timing["cold_start"], timing["retries"]) == (False, 0)
+    # observed on the lane the worker claimed it from
+    assert (REGISTRY.get_sample_value("gatehouse_jobs_total", {"lane": "unit-bench-lane", "outcome": "ok"})
+            or 0) >= 1
+    whole = spec()  # not streamed: no first token to time
+    whole.bench_run = "bench_unit"
+    await run_request({STATE_KEY: state}, whole.to_dict())
+    assert q.loads(state.bench_timings[whole.id])["upstream_ttft_ms"] is None
+
+
+async def test_other_calls_leave_no_timing_record(redis: ArqRedis) -> None:
+    state = make_state(redis, fake=FakeBackend())
+    await run_request({STATE_KEY: state}, spec(stream=True).to_dict())
+    assert state.bench_timings == {}
 
 
 def error_of(state: WorkerState, job_id: str) -> dict[str, Any]:

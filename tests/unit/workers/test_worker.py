@@ -4,6 +4,7 @@ an expired or cancelled one is dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,10 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from prometheus_client import REGISTRY
 
 from core import queue as q
 from core.config import Config
 from core.queue import JobSpec
+from gateway.enqueue import JobQueue
 from observability.jobs import JobObserver
 from unit.workers.fake_backend import FakeBackend
 from workers.backends import Backends
@@ -110,3 +113,49 @@ def test_batch_lines_yield_to_interactive_calls_but_never_stall() -> None:
     w.batch_busy_slots = 8  # where upstreams are the bottleneck, operators let batch lines run beside
     w.job_counter = 2
     assert w._batch_room(98) == 7
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_batch_lane_call_waits_for_interactive_calls_runs_as_batch_work_and_leaves_its_timing(
+        worker: tuple[GatehouseWorker, FakeBackend]) -> None:
+    """A benchmark key's call (batch lane, ``bench_run``) queued before an interactive call is claimed after it,
+    counts as batch work while it runs, is observed on the batch lane, and leaves its timing record; the
+    interactive call leaves none."""
+    w, fake = worker
+    fake.delay_s = 0.2
+    interactive, batch = w.queue_name, w.queue_name + ":batch"  # this test's own lanes
+    w.batch_queue = batch
+    w._lanes = [interactive, q.fair_key(interactive), batch, q.fair_key(batch)]
+    w._claim = w.pool.register_script(q.CLAIM_LUA)
+    w._slot_freed = asyncio.Event()
+    bench, chat = new_job(), new_job()
+    bench.stream, bench.bench_run = True, "bench_unit"
+    await JobQueue(w.pool, name=batch, wake=interactive).submit(bench)
+    await JobQueue(w.pool, name=interactive).submit(chat)
+    assert await w.pool.llen(q.wake_key(interactive)) == 2 and not await w.pool.exists(q.wake_key(batch))
+    before = {lane: sample("gatehouse_jobs_total", lane=lane, outcome="ok") for lane in q.LANES}
+    waits = sample("gatehouse_queue_wait_seconds_count", lane=q.BATCH_LANE)
+
+    await w._poll_iteration()
+    assert list(w.tasks) == [chat.id, bench.id]  # the interactive call first, though queued last
+    assert (w.job_counter, w._batch_running, w._batch_jobs) == (2, 1, {bench.id})
+    await asyncio.gather(*w.tasks.values())
+
+    assert (w._batch_running, w._batch_jobs) == (0, set())
+    assert sample("gatehouse_jobs_total", lane=q.BATCH_LANE, outcome="ok") == before[q.BATCH_LANE] + 1
+    assert sample("gatehouse_jobs_total", lane=q.INTERACTIVE_LANE, outcome="ok") == before[q.INTERACTIVE_LANE] + 1
+    assert sample("gatehouse_queue_wait_seconds_count", lane=q.BATCH_LANE) == waits + 1
+    assert [e["k"] for e in await events_of(w.pool, bench.id)][-1] == "end"
+    for lane in (interactive, batch):  # each job left its own lane's queue and tenants hash
+        assert await w.pool.zcard(lane) == 0 and await w.pool.hlen(q.tenants_key(lane)) == 0
+    timing = q.loads(await w.pool.get(q.bench_timing_key(bench.id)))
+    assert set(timing) == {"queue_ms", "upstream_ms", "upstream_ttft_ms", "cold_start", "retries", "cost",
+                           "bench_run"}
+    assert timing["bench_run"] == "bench_unit" and timing["queue_ms"] >= 0 and timing["upstream_ms"] >= 200
+    assert timing["upstream_ms"] >= timing["upstream_ttft_ms"] >= 200
+    assert (timing["cold_start"], timing["retries"], timing["cost"]) == (False, 0, 0.0)
+    assert 0 < await w.pool.ttl(q.bench_timing_key(bench.id)) <= q.BENCH_TIMING_TTL_S
+    assert not await w.pool.exists(q.bench_timing_key(chat.id)) and w.state.bench_timings == {}
