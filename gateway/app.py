@@ -22,7 +22,7 @@ from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable, from_error_list, render
 from gateway.files.upload import body_limits
 from gateway.openapi import DocumentedAPI
-from gateway.routes import batches, classify, files, generate, health, keys, metrics, openai
+from gateway.routes import batches, benchmarks, classify, files, generate, health, keys, metrics, openai
 from gateway.services import build_services
 from observability import metrics as prom
 from observability.http import count_refusal
@@ -58,6 +58,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(benchmarks.router)
     app.include_router(metrics.router)
 
     @app.exception_handler(GatewayError)

@@ -21,8 +21,10 @@ def test_every_post_declares_its_body() -> None:
     posts = {path: item["post"] for path, item in paths.items() if "post" in item}
     assert set(posts) == {"/v1/chat/completions", "/v1/completions", "/generate", "/v1/classify", "/classify",
                           "/key/generate", "/key/update", "/key/delete", "/v1/files", "/v1/batches",
-                          "/v1/batches/{batch_id}/cancel"}  # not the aliases
-    assert "requestBody" not in posts.pop("/v1/batches/{batch_id}/cancel")  # the id is the whole request
+                          "/v1/batches/{batch_id}/cancel", "/v1/benchmarks",
+                          "/v1/benchmarks/{benchmark_id}/cancel"}  # not the aliases
+    for cancel in ("/v1/batches/{batch_id}/cancel", "/v1/benchmarks/{benchmark_id}/cancel"):
+        assert "requestBody" not in posts.pop(cancel)  # the id is the whole request
     for path, op in posts.items():
         assert op["requestBody"]["required"] is True, path
         assert ("multipart/form-data" if path == "/v1/files" else "application/json") in op["requestBody"]["content"]
