@@ -14,6 +14,11 @@ production client code talks to it unchanged. Behaviour is chosen by the request
     hang            accepts the request and answers nothing (not even headers) for ``delay`` seconds (body
                     field, default 60), then answers as any name (an upstream that stopped responding)
     cold-S          answers 503 for S seconds after its first request (a scale-from-zero app starting up)
+    ttft-MS         waits MS milliseconds before its first chunk (streamed) or its answer (a prefill that takes
+                    that long), then answers as any name at full speed (benchmark TTFT checks)
+    pace-T-I        a paced stream (benchmark TTFT/ITL cross-checks): the first chunk after T ms, then one
+                    word-sized chunk every I ms; the answer is ``max_tokens`` words (16 when not given: the
+                    canned answer's words over and over); not streamed: answers after T + (words − 1) × I ms
     context-window  answers 400 ``context_length_exceeded``, as OpenAI does for a prompt longer than the model's
 
 ``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -102,19 +108,20 @@ class FakeUpstream:
                                 body=orjson.dumps({"error": {"message": f"fake upstream says {failure}",
                                                              "type": "upstream_test", "param": None,
                                                              "code": _error_code(model, failure)}}))
-        text = _text_of(body, chat) if model == "echo" else CANNED
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        text = _text_of(body, chat) if model == "echo" else _canned(model, limit)
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1][:-1]
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if limit is not None and limit < len(words):
             words, finish = words[: int(limit)], "length"
         delay = float(body.get("delay", 0.2)) if model == "slow" else 0.0
+        first_delay, gap = _pace(model) or (_first_token_delay(model), 0.0)  # gap: between content chunks
         usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
         rid = "fake-" + hashlib.sha1(raw).hexdigest()[:12]
         if not body.get("stream"):
-            if delay:
-                await asyncio.sleep(delay)
+            if delay or first_delay or gap:
+                await asyncio.sleep(delay + first_delay + gap * (len(words) - 1))
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
             if chat:
                 choice["message"] = {"role": "assistant", "content": "".join(words)}
@@ -134,11 +141,13 @@ class FakeUpstream:
         async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
             await resp.write(b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n")
 
+        if first_delay:
+            await asyncio.sleep(first_delay)
         if chat:
             await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         for i, w in enumerate(words):
-            if delay:
-                await asyncio.sleep(delay)
+            if delay or (gap and i):
+                await asyncio.sleep(delay + (gap if i else 0.0))
             if i == 2 and model in ("broken-stream", "cut"):
                 await self._break(request, resp, model)
                 return resp
@@ -220,6 +229,37 @@ class FakeUpstream:
                 self.failed_once.add(key)
                 return int(model.split("-", 1)[1])
         return None
+
+
+def _first_token_delay(model: str) -> float:
+    """Seconds before the first chunk: ``ttft-50`` waits 50 ms; 0 for any other name."""
+    head, _, ms = model.partition("-")
+    if head == "ttft":
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _pace(model: str) -> tuple[float, float] | None:
+    """``pace-T-I``: (seconds before the first chunk, seconds between chunks); None for any other name."""
+    head, _, rest = model.partition("-")
+    ttft, _, itl = rest.partition("-")
+    if head != "pace":
+        return None
+    try:
+        return max(0.0, float(ttft) / 1000), max(0.0, float(itl) / 1000)
+    except ValueError:
+        return None
+
+
+def _canned(model: str, limit: Any) -> str:
+    """The answer of a model that does not echo: the canned one; a pace-T-I model's is ``max_tokens`` words (16
+    when not given), the canned answer's words over and over."""
+    if _pace(model) is None:
+        return CANNED
+    return " ".join(itertools.islice(itertools.cycle(CANNED.split(" ")), int(limit or 16)))
 
 
 def _error_code(model: str, status: int) -> str:

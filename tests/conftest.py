@@ -138,7 +138,7 @@ def model_list(upstream_base: str) -> list[dict]:
         {"model_name": "qgpt", "litellm_params": {"model": "local/chargpt", "quantum": True,
                                                   "qrng_api_key": "qrng-test-key",
                                                   "qrng_base_url": upstream_base.removesuffix("/v1")}},
-        entry("fake"), entry("echo"), entry("slow"), entry("broken-stream"), entry("status-400"),
+        entry("fake"), entry("echo"), entry("slow"), entry("ttft-50"), entry("broken-stream"), entry("status-400"),
         entry("status-503", max_retries=1), entry("flaky-503"), entry("status-429", max_retries=0),
         entry("cold-1.5", cold_start_retry=True, max_retries=0),
         entry("cold-1", cold_start_retry=True, max_retries=0), entry("cold-0.8", cold_start_retry=True, max_retries=0),

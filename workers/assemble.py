@@ -17,6 +17,7 @@ from observability import metrics
 from observability.jobs import JobObserver
 from workers.backends import Backends
 from workers.batches.runner import BatchRunner
+from workers.benchmarks.runner import BenchRunner
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState
 from workers.worker import GatehouseWorker
@@ -37,6 +38,8 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
     tracer: Tracer | None = None
     batch_task: asyncio.Task[None] | None = None
     batch_runner: BatchRunner | None = None
+    bench_task: asyncio.Task[None] | None = None
+    bench_runner: BenchRunner | None = None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         nonlocal tracer
@@ -62,8 +65,17 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
             batch_runner = BatchRunner(worker.pool, Database(s.database_url, timeout_s=BATCH_DB_TIMEOUT_S), config,
                                        worker.worker_id)
             batch_task = asyncio.get_running_loop().create_task(batch_runner.run())
+            # benchmark runs (ADR 0018): driven through the gateway's HTTP API by one worker at a time
+            nonlocal bench_task, bench_runner
+            bench_runner = BenchRunner(worker.pool, Database(s.database_url, timeout_s=BATCH_DB_TIMEOUT_S), config,
+                                       worker.worker_id)
+            bench_task = asyncio.get_running_loop().create_task(bench_runner.run())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if bench_task is not None and bench_runner is not None:
+            bench_task.cancel()
+            await asyncio.gather(bench_task, return_exceptions=True)
+            await bench_runner.aclose()
         if batch_task is not None and batch_runner is not None:
             batch_task.cancel()
             await asyncio.gather(batch_task, return_exceptions=True)
