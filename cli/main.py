@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.batches import batches_app
+from cli.bench import bench_app
 from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err_console, load
 from cli.embedded import ensure_master_key
 from cli.keys import keys_app
@@ -139,6 +140,7 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, e.g. chargpt.")]
 app.add_typer(keys_app, name="keys")
 app.add_typer(traces_app, name="traces")
 app.add_typer(batches_app, name="batches")
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:
