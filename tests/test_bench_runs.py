@@ -319,3 +319,33 @@ async def test_runner_waits_quietly_without_its_tables(redis_url: str, database_
         await conn.close()
     assert await redis.get(RUNNER_KEY) is None
     await redis.aclose()
+
+
+def test_a_runs_usage_counts_against_the_submitting_key(stack) -> None:  # type: ignore[no-untyped-def]
+    """The calls run under minted keys; their tokens and cost are charged to the key that submitted the run, as
+    its batches' are (the TPM window and the budget the gateway checks)."""
+    from conftest import create_key
+
+    from core.usage import Scope
+
+    key = create_key(stack, tpm_limit=1_000_000, max_budget=1_000.0)
+    auth = {"authorization": f"Bearer {key['key']}"}
+    # one call first: the gateway loads the key's budget counter (a counter is never started at zero elsewhere)
+    assert httpx.post(stack.base_url + "/v1/chat/completions", headers=auth, timeout=30,
+                      json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    r = sync_redis.Redis.from_url(stack.redis_url)
+    before = float(r.get(Scope("key", key["key_id"]).spend_key(time.time())) or 0)
+    created = httpx.post(stack.base_url + "/v1/benchmarks", headers=auth, timeout=30,
+                         json={"suite": {"name": "priced", "items": [{"prompt": f"question {i}"} for i in range(4)]},
+                               "models": ["priced"], "parallel": 2}).json()
+    run = wait_for(stack, created["id"])
+    assert run["status"] == "completed", run
+    rows = results(stack, run["id"])
+    cost = sum(x["cost"] for x in rows)
+    assert cost > 0 and all(x["input_tokens"] and x["output_tokens"] for x in rows)
+    deadline = time.time() + 10
+    while (spent := float(r.get(Scope("key", key["key_id"]).spend_key(time.time())) or 0)) < before + cost - 1e-9:
+        assert time.time() < deadline, (before, spent, cost)
+        time.sleep(0.1)
+    assert spent == pytest.approx(before + cost, abs=0.1)  # give or take the first call's own settling
+    r.close()

@@ -1,7 +1,8 @@
 """Results of a run on their way to PostgreSQL, off the measured path: a request's coroutine hands its result
 over and goes on to the next request at once; every ``FLUSH_S`` (or ``FLUSH_AT`` results) the recorder reads
 their worker-side figures from Redis in one round trip (client.fill_timing) and writes them with one statement
-(BenchStore.record_many: a result whose (model, level, item, repeat) has one already is ignored).
+(BenchStore.record_many: a result whose (model, level, item, repeat) has one already is ignored), and charges
+their tokens and cost to the submitter's TPM and budget (core.usage, as the gateway charges its calls).
 
 While PostgreSQL or Redis is down the results wait here (the run keeps going) and the next flush tries again;
 ``close`` insists for ``CLOSE_WITHIN_S`` and then raises, so that the runner retries the run (the results lost
@@ -18,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from core import queue as q
+from core import usage
 from core.benchstore import BenchStore
 from core.database import DatabaseUnavailable
 from workers.benchmarks.client import Result, fill_timing
@@ -30,8 +32,9 @@ MAX_WAITING = 100_000  # results held while the database is down; past that the 
 
 
 class Recorder:
-    def __init__(self, store: BenchStore, redis: Redis, run_id: str):
+    def __init__(self, store: BenchStore, redis: Redis, run_id: str, scopes: tuple[usage.Scope, ...] = ()):
         self.store = store
+        self.scopes = scopes
         self.redis = redis
         self.run_id = run_id
         self.waiting: list[Result] = []
@@ -77,6 +80,13 @@ class Recorder:
         except BaseException:
             self.waiting[:0] = rows
             raise
+        if self.scopes:  # a result recorded twice (a resumed run) was also run twice: its usage was real
+            tokens, cost = usage_of(rows)
+            try:
+                await usage.charge(self.redis, self.scopes, tokens, cost)
+            except q.REDIS_DOWN as e:
+                log.warning("benchmark run %s: usage of %d results not charged (%s)", self.run_id, len(rows),
+                            type(e).__name__)
         if self._failing is not None:
             log.info("benchmark run %s: recording results again after %s", self.run_id, self._failing)
             self._failing = None
@@ -103,6 +113,16 @@ class Recorder:
             log.warning("benchmark run %s: cannot record results yet (%s); %d wait", self.run_id, what,
                         len(self.waiting))
         self._failing = what
+
+
+def usage_of(rows: list[Result]) -> tuple[int, float]:
+    """Tokens and cost of results: a call's from its usage and timing record, an agent task's from its calls."""
+    tokens, cost = 0, 0.0
+    for r in rows:
+        src = r.get("task") or r
+        tokens += int(src.get("input_tokens") or 0) + int(src.get("output_tokens") or 0)
+        cost += float(src.get("cost") or 0.0)
+    return tokens, cost
 
 
 def _clean(result: Result) -> Result:

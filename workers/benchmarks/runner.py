@@ -26,6 +26,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from core import queue as q
+from core import usage
 from core.benchstats import levels_of
 from core.benchstore import BenchRecord, BenchStore
 from core.benchsuite import Suite, SuiteError
@@ -233,7 +234,10 @@ class BenchRunner:
         done = await self.store.done_keys(run.id)
         judges = {i.scorer.judge for i in suite.items if i.scorer is not None and i.scorer.judge is not None}
         client = BenchClient(run.gateway_url, timeout_s=float(self.settings.request_timeout_s) + 60)
-        recorder = Recorder(self.store, self.redis, run.id)
+        # the calls run under minted keys of the submitter's team (the gateway charges the team); the submitter's
+        # own key (or JWT subject) is charged here, as its batches are
+        own = tuple(sc for sc in (usage.Scope.from_dict(d) for d in run.scopes or ()) if sc.kind != "team")
+        recorder = Recorder(self.store, self.redis, run.id, own)
         ctx = load.RunContext(run=run, suite=suite, db=self.db, redis=self.redis, client=client,
                               keys=RunKeys(self.db, self.redis, run, judges), recorder=recorder,
                               sandbox=sandbox_for(suite.sandbox), done=done)
