@@ -175,11 +175,12 @@ class BenchStore:
         return await self.get(run_id, scope)
 
     # ── the runner's side ──────────────────────────────────────────────────────────────────────────────
-    async def runs_to_drive(self) -> Sequence[BenchRecord]:
-        """Runs not final (queued, running, cancelling), oldest first."""
-        rows = await self.db.fetch(f"SELECT {COLUMNS} FROM benchmark_runs WHERE status IN "
+    async def active(self) -> Sequence[tuple[str, str]]:
+        """``(id, status)`` of the runs not final, oldest first: the runner's every-second look, without
+        decoding suites (``get`` reads a whole run when it starts one)."""
+        rows = await self.db.fetch("SELECT id, status FROM benchmark_runs WHERE status IN "
                                    "('queued', 'running', 'cancelling') ORDER BY id")
-        return [BenchRecord.from_row(r) for r in rows]
+        return [(r["id"], r["status"]) for r in rows]
 
     async def mark_running(self, run_id: str) -> bool:
         """``queued`` → ``running`` (stamping ``started_at``); False when it was not queued."""

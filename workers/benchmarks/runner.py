@@ -144,65 +144,68 @@ class BenchRunner:
 
     # ── runs ──────────────────────────────────────────────────────────────────────────────────────────
     async def tick(self) -> None:
-        runs = await self.store.runs_to_drive()
-        active = {r.id for r in runs}
+        runs = await self.store.active()
+        active = {run_id for run_id, _ in runs}
         gone = [r for r in {*self.tasks, *self.failures, *self.retry_at} if r not in active]  # finished, or deleted
         await self._cancel_tasks(gone)
         for run_id in gone:
             self._forget(run_id)
-        for run in runs:
-            if run.status == "cancelling":
-                await self._cancel(run)
+        for run_id, status in runs:
+            if status == "cancelling":
+                await self._cancel(run_id)
                 continue
-            task = self.tasks.get(run.id)
+            task = self.tasks.get(run_id)
             if task is not None:
                 if not task.done():
                     continue
-                del self.tasks[run.id]
-                if await self._ended(run, task):
+                del self.tasks[run_id]
+                if await self._ended(run_id, task):
                     continue
-            if time.monotonic() < self.retry_at.get(run.id, 0.0):
+            if time.monotonic() < self.retry_at.get(run_id, 0.0):
                 continue
-            if run.status == "queued" and not await self.store.mark_running(run.id):
+            if status == "queued" and not await self.store.mark_running(run_id):
                 continue  # cancelled (or taken) in the meantime: the next tick sees it as it is
-            self.tasks[run.id] = asyncio.get_running_loop().create_task(self._drive(run), name=f"bench {run.id}")
+            run = await self.store.get(run_id)
+            if run is None:
+                continue
+            self.tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run), name=f"bench {run_id}")
         now = time.monotonic()
         if now - self._swept >= SWEEP_KEYS_S:
             self._swept = now
             await self._sweep_keys(active)
 
-    async def _cancel(self, run: BenchRecord) -> None:
-        await self._cancel_tasks([run.id])
-        revoked = await revoke_all(self.db, self.redis, run.id)
-        await self.store.finish(run.id, "cancelled")
-        self._forget(run.id)
-        log.info("benchmark run %s cancelled (%d key(s) revoked)", run.id, revoked)
+    async def _cancel(self, run_id: str) -> None:
+        await self._cancel_tasks([run_id])
+        revoked = await revoke_all(self.db, self.redis, run_id)
+        await self.store.finish(run_id, "cancelled")
+        self._forget(run_id)
+        log.info("benchmark run %s cancelled (%d key(s) revoked)", run_id, revoked)
 
-    async def _ended(self, run: BenchRecord, task: asyncio.Task[str]) -> bool:
+    async def _ended(self, run_id: str, task: asyncio.Task[str]) -> bool:
         """A run's task ended: True when the run is final now, False to start it again (after a pause)."""
         error = task.exception() if not task.cancelled() else None
         outcome = task.result() if error is None and not task.cancelled() else None
         if outcome in ("completed", "failed"):
-            self._forget(run.id)
+            self._forget(run_id)
             return True
         if isinstance(error, TRANSIENT):
-            log.warning("benchmark run %s paused (%s); resuming it shortly", run.id, type(error).__name__)
-            self.retry_at[run.id] = time.monotonic() + 2.0
+            log.warning("benchmark run %s paused (%s); resuming it shortly", run_id, type(error).__name__)
+            self.retry_at[run_id] = time.monotonic() + 2.0
             return False
-        self.failures[run.id] += 1
-        n = self.failures[run.id]
+        self.failures[run_id] += 1
+        n = self.failures[run_id]
         if error is not None:
-            log.error("benchmark run %s: its task failed (%d of %d)", run.id, n, MAX_FAILURES, exc_info=error)
+            log.error("benchmark run %s: its task failed (%d of %d)", run_id, n, MAX_FAILURES, exc_info=error)
         else:
-            log.warning("benchmark run %s: not every result was recorded (%d of %d); going on", run.id, n,
+            log.warning("benchmark run %s: not every result was recorded (%d of %d); going on", run_id, n,
                         MAX_FAILURES)
         if n < MAX_FAILURES:
-            self.retry_at[run.id] = time.monotonic() + min(2.0 ** n, 30.0)
+            self.retry_at[run_id] = time.monotonic() + min(2.0 ** n, 30.0)
             return False
         message = f"{type(error).__name__}: {error}" if error is not None else "not every result could be recorded"
-        await revoke_all(self.db, self.redis, run.id)
-        await self.store.finish(run.id, "failed", [{"code": "runner_error", "message": message[:500]}])
-        self._forget(run.id)
+        await revoke_all(self.db, self.redis, run_id)
+        await self.store.finish(run_id, "failed", [{"code": "runner_error", "message": message[:500]}])
+        self._forget(run_id)
         return True
 
     def _forget(self, run_id: str) -> None:

@@ -54,14 +54,14 @@ async def test_lifecycle(store: BenchStore) -> None:
     assert api["options"] == OPTIONS and api["metadata"] == {"job": "nightly"}
     assert api["request_counts"] == {"total": 4, "completed": 0, "failed": 0}
     assert isinstance(api["created_at"], int) and api["started_at"] is None and api["errors"] is None
-    assert run.id in [r.id for r in await store.runs_to_drive()]
+    assert run.id in [run_id for run_id, _ in await store.active()]
     assert await store.mark_running(run.id) and not await store.mark_running(run.id)
     assert await store.finish(run.id, "completed")
     assert not await store.finish(run.id, "failed", [{"code": "x", "message": "late"}])  # final stays final
     done = await store.get(run.id)
     assert done is not None and done.status == "completed" and done.final and done.errors is None
     assert done.to_api()["started_at"] is not None and done.to_api()["completed_at"] is not None
-    assert run.id not in [r.id for r in await store.runs_to_drive()]
+    assert run.id not in [run_id for run_id, _ in await store.active()]
     with pytest.raises(ValueError):
         await store.finish(run.id, "running")
 
