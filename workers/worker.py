@@ -77,6 +77,7 @@ class GatehouseWorker(Worker):
                        q.fair_key(self.batch_queue)]
         self._batch_jobs: set[str] = set()  # jobs this worker claimed from the batch lane, until their end is written
         self._batch_running = 0  # of them, those running (batch lines and calls by batch-lane keys alike)
+        self._interactive_running = 0  # jobs from the interactive lane running here
         self._interactive_at = -BUSY_HOLD_S  # monotonic time this worker last claimed or ended an interactive job
         self._batch_at = 0.0  # and last claimed a job from the batch lane
         self.batch_share = 1.0  # of max_jobs, at most, for batch lines (set by workers.assemble)
@@ -141,7 +142,7 @@ class GatehouseWorker(Worker):
         ``batch_busy_slots`` run, and one more starts each ``BATCH_TRICKLE_S`` so batches never stall."""
         now = time.monotonic()
         cap = int(self.max_jobs * self.batch_share)
-        if self.job_counter > self._batch_running or now - self._interactive_at < BUSY_HOLD_S:
+        if self._interactive_running or now - self._interactive_at < BUSY_HOLD_S:
             cap = min(cap, self.batch_busy_slots)
             if self._batch_running >= cap and now - self._batch_at >= BATCH_TRICKLE_S:
                 cap = self._batch_running + 1
@@ -183,6 +184,7 @@ class GatehouseWorker(Worker):
                     self._batch_running += 1
                     self._batch_at = time.monotonic()
                 else:
+                    self._interactive_running += 1
                     self._interactive_at = time.monotonic()
                 self._claimed[job_id] = Claimed(payload, int(tries), bool(aborted))
                 await self.sem.acquire()  # never blocks: at most `free` jobs were claimed
@@ -243,6 +245,7 @@ class GatehouseWorker(Worker):
             if batch:
                 self._batch_running -= 1
             else:
+                self._interactive_running -= 1
                 self._interactive_at = time.monotonic()
             if job_id in self._handed_back:
                 self._handed_back.discard(job_id)
@@ -340,7 +343,7 @@ class GatehouseWorker(Worker):
         while True:
             try:
                 added = await self._beat(keys=[q.WORKERS_KEY, *busy], args=[
-                    self.worker_id, self.job_counter - self._batch_running, self._batch_running])
+                    self.worker_id, self._interactive_running, self._batch_running])
                 if added and not first:
                     self._declared_dead()
                 first = False

@@ -97,21 +97,23 @@ def test_batch_lines_yield_to_interactive_calls_but_never_stall() -> None:
     assert w._batch_room(10) == 10  # never more than the free slots
     w.job_counter = w._batch_running = 75
     assert w._batch_room(25) == 0  # the share is taken
-    w.job_counter, w._batch_running = 1, 0  # an interactive call runs here: batch lines wait ...
-    w._batch_at = time.monotonic()
+    w.job_counter, w._batch_running, w._interactive_running = 1, 0, 1  # an interactive call runs here: batch
+    w._batch_at = time.monotonic()  # lines wait ...
     assert w._batch_room(99) == 0
     w._batch_at -= BATCH_TRICKLE_S  # ... but one starts each BATCH_TRICKLE_S
     assert w._batch_room(99) == 1
     w.job_counter, w._batch_running = 2, 1
     w._batch_at = time.monotonic()
     assert w._batch_room(98) == 0
-    w.job_counter = w._batch_running = 1  # the interactive call ended just now: the worker is still busy
+    w.job_counter, w._interactive_running = 1, 0  # the interactive call ended just now: the worker is still busy
     w._interactive_at = time.monotonic()
     assert w._batch_room(99) == 0
     w._interactive_at -= BUSY_HOLD_S  # and idle again after BUSY_HOLD_S
     assert w._batch_room(99) == 74
+    w.job_counter = 2  # a batch line whose end is still being written holds its slot, not the worker's attention
+    assert w._batch_room(98) == 74
     w.batch_busy_slots = 8  # where upstreams are the bottleneck, operators let batch lines run beside
-    w.job_counter = 2
+    w.job_counter, w._interactive_running = 2, 1
     assert w._batch_room(98) == 7
 
 
