@@ -22,6 +22,7 @@ import pytest
 import redis as sync_redis
 from conftest import admin
 
+from core.queue import bench_timing_key
 from workers.benchmarks.keys import keys_set
 from workers.benchmarks.sandbox import LocalSandbox
 
@@ -209,9 +210,10 @@ def test_cancel_mid_run(stack, database_url: str) -> None:  # type: ignore[no-un
     assert keys and all(k["revoked_at"] is not None for k in keys)
 
 
-def test_agent_tasks(stack, database_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Each task gets a key of its own: its two calls (one offering a tool, one streamed) are counted for it, and
-    the key is revoked when it ends. Exit 0 passes; a scorer reads stdout."""
+def test_agent_tasks(stack, database_url: str, langfuse_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each task gets a key of its own: its two calls (one offering a tool, one streamed) are counted for it, with
+    each call's latencies (the worker's timing records) and Langfuse traces (user: the task's key, session: the
+    run), and the key is revoked when it ends. Exit 0 passes; a scorer reads stdout."""
     script = str(ROOT / "tests" / "agent_task.py")
     key_file = tmp_path / "agent-key"
     suite = {"name": "agents", "sandbox": "local", "items": [
@@ -233,6 +235,25 @@ def test_agent_tasks(stack, database_url: str, tmp_path: Path) -> None:  # type:
         assert task["wall_ms"] > 0 and r["ttft_ms"] is None and r["e2e_ms"] is None
         assert f"run {run['id']} model echo cwd-empty True" in task["stdout_tail"], task
     assert "answer: hello agent" in rows["passes"]["task"]["stdout_tail"]
+    keys = {orjson.loads(k["metadata"]).get("bench_task"): k for k in run_keys(database_url, run["id"])}
+    redis = sync_redis.Redis.from_url(stack.redis_url)
+    for item_id, r in rows.items():  # each call's latencies, and its trace, are the task's
+        task = r["task"]
+        assert task["key_id"] == keys[item_id]["key_id"], task
+        details = task["calls_detail"]
+        assert len(details) == 2 and len({d["request_id"] for d in details}) == 2, task
+        for d in details:
+            assert set(d) == {"request_id", "queue_ms", "upstream_ms", "upstream_ttft_ms", "cold_start"}, d
+            assert d["upstream_ms"] > 0 and d["queue_ms"] >= 0 and d["cold_start"] is False, d
+            assert d["upstream_ttft_ms"] is None or 0 <= d["upstream_ttft_ms"] <= d["upstream_ms"], d
+            assert redis.exists(bench_timing_key(d["request_id"])) == 0  # read (and deleted) by the runner
+            langfuse_server.fake.wait_for_spans(d["request_id"], 4, timeout_s=15)  # trace id = request id
+            trace = langfuse_server.fake.trace(d["request_id"])
+            assert trace["userId"] == task["key_id"] and trace["sessionId"] == run["id"], trace
+        assert any(d["upstream_ttft_ms"] is not None for d in details), details  # the streamed call's
+        assert task["upstream_ms"] == pytest.approx(sum(d["upstream_ms"] for d in details), abs=0.01)
+        assert 0 < task["upstream_ms"] < task["wall_ms"]
+    redis.close()
     agg = run["models_summary"]["echo"]
     assert agg["requests"] == 3 and agg["errors"] == 0 and agg["score"] == pytest.approx(2 / 3)
     assert agg["input_tokens"] == 42 and agg["e2e_ms"]["p50"] > 0  # a task's wall time is its e2e
@@ -240,7 +261,6 @@ def test_agent_tasks(stack, database_url: str, tmp_path: Path) -> None:  # type:
     secret = key_file.read_text()  # the key the task was given no longer works
     r = httpx.get(stack.base_url + "/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=30)
     assert r.status_code == 401, r.text
-    keys = {orjson.loads(k["metadata"]).get("bench_task"): k for k in run_keys(database_url, run["id"])}
     assert set(keys) == {"passes", "scored", "exits-3"}  # the run's own key for echo was never needed
     for item_id, k in keys.items():
         assert list(k["models"]) == ["echo"] and k["revoked_at"] is not None

@@ -97,8 +97,8 @@ async def _at_rate(ctx: RunContext, model: str, level: str, work: Iterable[Work]
 async def one(ctx: RunContext, model: str, level: str, item: SuiteItem, rep: int) -> None:
     """One request (or agent task): measured, scored, handed to the recorder."""
     if item.is_task:
-        result, text = await run_task(keys=ctx.keys, sandbox=ctx.sandbox, db=ctx.db, gateway_url=ctx.run.gateway_url,
-                                      model=model, item=item, level=level, rep=rep)
+        result, text = await run_task(keys=ctx.keys, sandbox=ctx.sandbox, db=ctx.db, redis=ctx.redis,
+                                      gateway_url=ctx.run.gateway_url, model=model, item=item, level=level, rep=rep)
     else:
         bearer = await ctx.keys.for_model(model)
         streamed = await ctx.client.stream(bearer, model, item.chat_messages(), item.max_tokens)
