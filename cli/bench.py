@@ -10,7 +10,9 @@ could not be reached, 2 for a problem with the command line or a local file.
 from __future__ import annotations
 
 import csv
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,15 +114,33 @@ def run(
 
 
 def _wait(gw: Gateway, run: dict[str, Any]) -> dict[str, Any]:
-    """Poll the run (every 0.5 s for the first 10 s, then every second) under a progress bar on stderr."""
+    """Poll the run (every 0.5 s for the first 10 s, then every second) under a progress bar on stderr.
+
+    Ctrl-C sets a flag the loop checks between polls (a second one interrupts at once): a KeyboardInterrupt
+    raised at an arbitrary point could leave the progress bar's console lock held, and its refresh thread
+    would then wait for it forever."""
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     started = time.monotonic()
-    with progress(err) as bar:
-        while True:
-            bar.show(run)
-            if run["status"] in FINAL:
-                return run
-            time.sleep(0.5 if time.monotonic() - started < 10 else 1.0)
-            run = gw.run(run["id"])
+    try:
+        with progress(err) as bar:
+            while True:
+                bar.show(run)
+                if run["status"] in FINAL:
+                    return run
+                if stop.wait(0.5 if time.monotonic() - started < 10 else 1.0):
+                    raise KeyboardInterrupt
+                run = gw.run(run["id"])
+                if stop.is_set():
+                    raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ── results ───────────────────────────────────────────────────────────────────────────────────────────
