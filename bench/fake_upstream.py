@@ -5,12 +5,20 @@ production client code talks to it unchanged. Behaviour is chosen by the request
 
     any name        canned answer "Hello from the fake upstream, friend." (words are stream chunks)
     echo            the last message's text (or the prompt) as the answer
-    status-NNN      always answers HTTP NNN with an OpenAI error body
+    status-NNN      always answers HTTP NNN with an OpenAI error body (and ``retry-after``: the body's
+                    ``retry_after`` field, default 0), after the body's ``delay`` seconds (default 0)
     flaky-NNN       answers HTTP NNN to the first attempt of each distinct body, then succeeds
     slow            waits ``delay`` seconds (body field, default 0.2) before each chunk
     broken-stream   streams two chunks, then an error event (as OpenAI does when a stream fails midway)
     cut             streams two chunks, then closes the TCP connection: no error event, no [DONE], no end of
                     the chunked body (a crashed server or a dropped connection); not streamed: as any name
+    cut-after-N     streams N content chunks, then resets the TCP connection (RST): a stream cut midway;
+                    not streamed: as any name
+    no-done         streams its content chunks, then ends the body cleanly with no finish_reason, no usage and
+                    no [DONE] (a server that stopped early); not streamed: as any name
+    agent           an OpenAI-compatible tool-calling model: tool calls, role: tool turns, response_format,
+                    logprobs, n, reasoning_content, usage details (bench/fake_agent.py)
+    ignore-stream   the agent, answering plain JSON even when ``stream: true`` is asked (bench/fake_agent.py)
     hang            accepts the request and answers nothing (not even headers) for ``delay`` seconds (body
                     field, default 60), then answers as any name (an upstream that stopped responding)
     cold-S          answers 503 for S seconds after its first request (a scale-from-zero app starting up)
@@ -20,8 +28,13 @@ production client code talks to it unchanged. Behaviour is chosen by the request
                     word-sized chunk every I ms; the answer is ``max_tokens`` words (16 when not given: the
                     canned answer's words over and over); not streamed: answers after T + (words − 1) × I ms
     context-window  answers 400 ``context_length_exceeded``, as OpenAI does for a prompt longer than the model's
+    tool-caller     calls a tool when given tools, echoes once a tool result is in (bench/fake_responses.py, which
+                    also answers ``POST /v1/responses``)
 
-``max_tokens`` cuts the answer (finish_reason "length"). ``GET /_last`` returns the last request body;
+``max_tokens`` cuts the answer (finish_reason "length"). ``POST /v1/embeddings`` answers every model name with
+deterministic vectors (:func:`fake_embedding`: ``dimensions`` long, else ``EMBED_DIMS``; base64 when asked), its
+usage counting one token per word or token id (status-NNN, flaky-NNN, cold-S and hang behave as above).
+``GET /_last`` returns the last request body;
 ``GET /_stats`` counts requests (``requests``: all of them; ``models``: by request model name).
 Run alone: ``python -m bench.fake_upstream --port 9100``.
 """
@@ -30,17 +43,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import itertools
+import math
+import socket
+import struct
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from bench import fake_agent, fake_responses
 from bench.app_thread import AppThread
 
 CANNED = "Hello from the fake upstream, friend."
+EMBED_DIMS = 8  # the fake upstream's vectors, unless the request asks for ``dimensions``
 
 
 class FakeUpstream:
@@ -54,8 +73,10 @@ class FakeUpstream:
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/messages", self.anthropic_messages)
+        self.app.router.add_post("/v1/responses", lambda request: fake_responses.responses(self, request))
         self.jwks: dict[str, Any] = {"keys": []}  # an identity provider's signing keys, for JWT tests
         self.app.router.add_get("/.well-known/jwks.json", self.jwks_document)
         self.qrng_requests = 0  # Quantum Blockchains' QRNG API, for the qgpt tests
@@ -89,7 +110,11 @@ class FakeUpstream:
                             content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, chat=True)
+        agent = await fake_agent.answer(self, request)  # the conformance models' answer, for those
+        if agent is not None:
+            return agent
+        called = await fake_responses.tool_call(self, request)  # the tool-caller's call, when it makes one
+        return called if called is not None else await self._answer(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, chat=False)
@@ -104,12 +129,13 @@ class FakeUpstream:
         await self._arrived(model, body)
         failure = self._failure(model, raw)
         if failure:
-            return web.Response(status=failure, content_type="application/json", headers={"retry-after": "0"},
+            return web.Response(status=failure, content_type="application/json",
+                                headers={"retry-after": str(body.get("retry_after", 0))},
                                 body=orjson.dumps({"error": {"message": f"fake upstream says {failure}",
                                                              "type": "upstream_test", "param": None,
                                                              "code": _error_code(model, failure)}}))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        text = _text_of(body, chat) if model == "echo" else _canned(model, limit)
+        text = _text_of(body, chat) if model in ("echo", "tool-caller") else _canned(model, limit)
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1][:-1]
         finish = "stop"
@@ -122,17 +148,7 @@ class FakeUpstream:
         if not body.get("stream"):
             if delay or first_delay or gap:
                 await asyncio.sleep(delay + first_delay + gap * (len(words) - 1))
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": "".join(words)}
-            else:
-                choice["text"] = "".join(words)
-            return web.Response(body=orjson.dumps({
-                "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake",
-                **({"quantum_diagnostics": {"total_entropy_consumed": 4, "entropy_source": "qrng"}}
-                   if "quantum_profile" in body else {})}),
-                content_type="application/json")
+            return _whole(body, rid, chat, "".join(words), finish, usage)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await resp.prepare(request)
         base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -148,17 +164,45 @@ class FakeUpstream:
         for i, w in enumerate(words):
             if delay or (gap and i):
                 await asyncio.sleep(delay + (gap if i else 0.0))
-            if i == 2 and model in ("broken-stream", "cut"):
+            if i == _cut_at(model):
                 await self._break(request, resp, model)
                 return resp
             piece = {"delta": {"content": w}} if chat else {"text": w}
             await send([{"index": 0, **piece, "finish_reason": None}])
+        if model == "no-done":
+            await resp.write_eof()  # a clean end of the body, but not of the answer
+            return resp
         await send([{"index": 0, **({"delta": {}} if chat else {"text": ""}), "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], usage=usage)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's embeddings: one deterministic unit vector per input item (a string or a token array)."""
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.requests += 1
+        self.last, self.last_headers = body, {k.lower(): v for k, v in request.headers.items()}
+        model = str(body.get("model", ""))
+        await self._arrived(model, body)
+        failure = self._failure(model, raw)
+        if failure:
+            return _error(failure, f"fake upstream says {failure}", _error_code(model, failure))
+        value, dims = body.get("input"), body.get("dimensions") or EMBED_DIMS
+        items = [value] if isinstance(value, str) or (value and all(isinstance(t, int) for t in value)) else value
+        if not isinstance(items, list) or not items or not isinstance(dims, int) or not 0 < dims <= 4096:
+            return _error(400, "input must be a string, token array or list of them; dimensions 1..4096", None)
+        data = []
+        for i, item in enumerate(items):
+            vec = fake_embedding(item, dims)
+            data.append({"object": "embedding", "index": i, "embedding": vec if body.get("encoding_format") != "base64"
+                         else base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()})
+        tokens = sum(len(x.split()) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in items)
+        return web.Response(body=orjson.dumps({"object": "list", "data": data, "model": model,
+                                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+                            content_type="application/json")
 
     async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic's Messages API (what LiteLLM translates OpenAI requests into for ``anthropic/`` models)."""
@@ -200,16 +244,24 @@ class FakeUpstream:
         return resp
 
     async def _arrived(self, model: str, body: dict[str, Any]) -> None:
-        """Count the request; a "hang" request then waits before anything is answered."""
+        """Count the request; a "hang" request then waits before anything is answered (a status-NNN one too, when
+        its body asks for a ``delay``)."""
         self.by_model[model] = self.by_model.get(model, 0) + 1
         if model == "hang":
             await asyncio.sleep(float(body.get("delay", 60)))
+        elif model.startswith("status-") and body.get("delay"):
+            await asyncio.sleep(float(body["delay"]))
 
     @staticmethod
     async def _break(request: web.Request, resp: web.StreamResponse, model: str) -> None:
-        """End a stream midway: with an error event (broken-stream), or by closing the connection (cut)."""
-        if model == "cut":
+        """End a stream midway: with an error event (broken-stream), or by closing the connection (cut; cut-after-N
+        resets it)."""
+        if model.startswith("cut"):
             assert request.transport is not None
+            if model != "cut":
+                sock = request.transport.get_extra_info("socket")
+                if sock is not None:  # SO_LINGER 0: the close is a reset (RST), not an orderly end (FIN)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             request.transport.close()  # after the chunks already written: no error event, no end of the body
             return
         await resp.write(b'data: {"error": {"message": "upstream broke mid-stream", "type": "server_error"}}\n\n')
@@ -229,6 +281,30 @@ class FakeUpstream:
                 self.failed_once.add(key)
                 return int(model.split("-", 1)[1])
         return None
+
+
+def _whole(body: dict[str, Any], rid: str, chat: bool, text: str, finish: str, usage: dict[str, int]) -> web.Response:
+    """A whole (not streamed) answer."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return web.Response(body=orjson.dumps({
+        "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+        "model": body.get("model", ""), "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake",
+        **({"quantum_diagnostics": {"total_entropy_consumed": 4, "entropy_source": "qrng"}}
+           if "quantum_profile" in body else {})}),
+        content_type="application/json")
+
+
+def _cut_at(model: str) -> int | None:
+    """The content chunk before which a breaking model ends its stream: broken-stream and cut after two,
+    cut-after-N after N; None for any other name."""
+    if model in ("broken-stream", "cut"):
+        return 2
+    head, _, n = model.rpartition("-")
+    return int(n) if head == "cut-after" and n.isdigit() else None
 
 
 def _first_token_delay(model: str) -> float:
@@ -260,6 +336,21 @@ def _canned(model: str, limit: Any) -> str:
     if _pace(model) is None:
         return CANNED
     return " ".join(itertools.islice(itertools.cycle(CANNED.split(" ")), int(limit or 16)))
+
+
+def fake_embedding(item: object, dims: int = EMBED_DIMS) -> list[float]:
+    """The fake upstream's vector for one input item: a unit vector drawn from the item's SHA-256 (float32 values,
+    so a base64 round trip gives the same numbers)."""
+    seed = hashlib.sha256(orjson.dumps(item)).digest()
+    raw = [((seed[i % 32] + 31 * i) % 255) / 127.0 - 1.0 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *(x / norm for x in raw))))
+
+
+def _error(status: int, message: str, code: str | None) -> web.Response:
+    return web.Response(status=status, content_type="application/json", headers={"retry-after": "0"},
+                        body=orjson.dumps({"error": {"message": message, "type": "upstream_test", "param": None,
+                                                     "code": code}}))
 
 
 def _error_code(model: str, status: int) -> str:

@@ -43,6 +43,7 @@ STAMPS = ("created_at", "in_progress_at", "finalizing_at", "completed_at", "fail
 class Endpoint(StrEnum):
     chat = "/v1/chat/completions"
     completions = "/v1/completions"
+    embeddings = "/v1/embeddings"
 
 
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="GATEHOUSE_API_KEY",

@@ -25,6 +25,7 @@ import orjson
 from pydantic import ValidationError
 
 from core import schemas as p
+from core.embeddings import EmbeddingRequest, embedding_list
 
 BATCH_QUEUE: Final = "gatehouse:queue:batch"  # the batch lane (core.queue.LANES)
 RESULTS_STREAM: Final = "gatehouse:batch:results"  # every finished line: {j: job id, e: its events}
@@ -32,9 +33,10 @@ DONE_PREFIX: Final = "gatehouse:batch:done:"  # hash per batch: line -> 1 once i
 RUNNER_KEY: Final = "gatehouse:batch:runner"  # the worker whose runner drives every batch now (a lease)
 LINE_JOB_PREFIX: Final = "batch_"  # request ids are uuid hex: no interactive job starts with this
 
-ENDPOINTS: Final[dict[str, type[p.SamplingRequest]]] = {
+ENDPOINTS: Final[dict[str, type[p.JobRequest]]] = {
     "/v1/chat/completions": p.ChatCompletionRequest,
     "/v1/completions": p.CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
 }
 COMPLETION_WINDOWS: Final = {"24h": 86_400}
 ACTIVE: Final = ("validating", "in_progress", "finalizing", "cancelling")
@@ -62,6 +64,12 @@ def parse_line_job(job_id: str) -> tuple[str, int] | None:
 
 def done_key(batch_id: str) -> str:
     return DONE_PREFIX + batch_id
+
+
+def kind_of(endpoint: str) -> str:
+    """The job kind of a batch's endpoint (chat, completion, embed)."""
+    model = ENDPOINTS.get(endpoint)
+    return model.kind if model is not None else "completion"
 
 
 # ── validation ────────────────────────────────────────────────────────────────────────────────────────
@@ -143,7 +151,7 @@ class LineValidator:
         if self.allowed is not None and req.model not in self.allowed:
             return LineError(n, "model_not_allowed", f"This batch's key may not use the model `{req.model}`.",
                              "body.model")
-        limit = req.token_limit()
+        limit = req.token_limit() if isinstance(req, p.SamplingRequest) else None
         if limit is not None and limit > self.max_tokens_limit:
             return LineError(n, "invalid_value", f"max_tokens is too large: {limit} (at most "
                              f"{self.max_tokens_limit}).", "body.max_tokens")
@@ -185,7 +193,10 @@ def answered(line: int, custom_id: str, kind: str, model: str, events: Iterable[
             return failed_http(line, custom_id, status, request_id, error)
         d = ev.get("d") or {}
         model = str(d.get("model") or model)
-        if k == "result":
+        if k == "result" and kind == "embed":
+            usage = d.get("usage")
+            body = embedding_list(d, model)
+        elif k == "result":
             usage = d.get("usage")
             whole = (p.chat_completion if chat else p.text_completion)(rid, model, created, d.get("choices", []),
                                                                          usage)

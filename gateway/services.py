@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.requests import Request
 
+from core import capabilities
 from core import queue as q
+from core.capabilities import Features
 from core.config import Config, ModelEntry
 from core.durations import duration_seconds
 from core.keys.store import KeyStore
@@ -47,6 +49,8 @@ class Services:
     reaper: Reaper
     drain: Drain
     tracing: bool = False  # Langfuse configured: jobs carry a trace context for the worker's trace
+    # model name -> what its backends support (core.capabilities): the gateway refuses the rest, or drops it
+    features: dict[str, Features] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     def scopes(self, principal: Principal) -> tuple[Scope, ...]:
@@ -138,6 +142,7 @@ async def build_services(config: Config, master_key: str, drain: Drain | None = 
         keys=keys,
         limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
         tracing=s.tracing.enabled,
+        features=capabilities.by_model(config),
         spend=spend,
         prices=price_list(models),
         team_scopes={team_id: _team_scope(team_id, t) for team_id, t in s.teams.items()},

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core import capabilities
 from core import queue as q
 from core import schemas as p
 from core.queue import JobKind
@@ -43,6 +44,7 @@ from observability.http import count_usage, observe_stream, route_of
 log = logging.getLogger("gatehouse.gateway")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=p.JobRequest)
+S = TypeVar("S", bound=p.SamplingRequest)
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -89,6 +91,16 @@ def deadline_for(request: Request, default_s: float, stream: bool) -> float:
     return time.time() + timeout
 
 
+class Relay(Protocol):
+    """How a job's output reaches the client when it is not a chat/completions answer (``Generation.run``'s
+    ``relay``: POST /v1/responses passed through, gateway.routes.responses)."""
+
+    def stream(self, batches: AsyncIterator[tuple[list[dict[str, Any]], bool]],
+               outcome: Outcome) -> AsyncIterator[bytes]: ...
+
+    async def collect(self, events: AsyncIterator[dict[str, Any]], outcome: Outcome) -> dict[str, Any]: ...
+
+
 class Generation:
     """Submits a validated request as a job and relays the worker's output."""
 
@@ -119,6 +131,7 @@ class Generation:
         gen.check_model(req.model, principal)
         if isinstance(req, p.SamplingRequest):
             gen.check_limits(req)
+            body, req = gen.fit(req, body)
         return gen, body, req
 
     def check_model(self, name: str, principal: Principal) -> None:
@@ -128,6 +141,23 @@ class Generation:
             raise PermissionDenied(f"This API key is not allowed to use the model `{name}`.", param="model",
                                    code="model_not_allowed")
 
+    def fit(self, req: S, body: dict[str, Any]) -> tuple[dict[str, Any], S]:
+        """Honest refusals (ADR 0019): what the request asks for that the model's backends cannot do (tools for
+        chargpt, ...) is a 400 naming the parameter; with ``drop_params`` (the request's, else
+        ``litellm_settings.drop_params``) it is removed instead, and said in one log line."""
+        supports = self.svc.features.get(req.model)
+        refused = capabilities.unsupported(req.kind, body, supports) if supports is not None else []
+        if not refused:
+            return body, req
+        drop = req.drop_params if req.drop_params is not None else self.svc.config.drop_params()
+        if not drop:
+            first = refused[0]
+            raise InvalidRequest(first.message(req.model), param=first.param, code=first.code)
+        log.info("model %s does not support %s: dropped (drop_params)", req.model,
+                 ", ".join(a.param for a in refused))
+        body = capabilities.dropped(body, refused)
+        return body, parse(type(req), body)
+
     def check_limits(self, req: p.SamplingRequest) -> None:
         limit = req.token_limit()
         if limit is not None and limit > self.settings.max_tokens_limit:
@@ -136,8 +166,10 @@ class Generation:
                                  f"{self.settings.max_tokens_limit} tokens per completion.", param=param,
                                  code="invalid_value")
 
-    async def run(self, request: Request, req: p.JobRequest, body: dict[str, Any], *, id_prefix: str) -> Response:
-        """Enqueue ``req`` (``body``: the client's raw body) and answer with the worker's output."""
+    async def run(self, request: Request, req: p.JobRequest, body: dict[str, Any], *, id_prefix: str,
+                  relay: Relay | None = None) -> Response:
+        """Enqueue ``req`` (``body``: the client's raw body) and answer with the worker's output (as chat or
+        completions, or as ``relay`` makes it)."""
         rid = request_id(request.scope)
         kind, model, stream = req.kind, req.model, req.streams()
         # LiteLLM's `priority` is the gateway's to honour, not the model's (vLLM refuses one it is not set up for)
@@ -158,20 +190,21 @@ class Generation:
                     raise from_event(ev)  # failed before any output: a real HTTP status, as OpenAI does
                 outcome.started = request.scope[STARTED_KEY][1]
                 batches = read_batches(self.svc.streams, rid, spec.deadline, first, self.svc.drain)
-                body_iter = self._guarded_stream(rid, sse_stream(batches, shape, req.include_usage(), outcome),
-                                                 admission, model, outcome)
+                sse = relay.stream(batches, outcome) if relay is not None else sse_stream(batches, shape,
+                                                                                          req.include_usage(), outcome)
+                body_iter = self._guarded_stream(rid, sse, admission, model, outcome)
                 return SSEResponse(body_iter, headers={**SSE_HEADERS, **headers})
         except BaseException:
             self._account(admission, model, rid, outcome)
             raise
         events = read_events(self.svc.streams, rid, spec.deadline, first, self.svc.drain)
         result = await self._collect_or_cancel(request, rid, events, shape, kind, admission, model, outcome,
-                                               watch=not _has_end(first))
+                                               watch=not _has_end(first), relay=relay)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     async def _collect_or_cancel(self, request: Request, rid: str, events: AsyncIterator[dict[str, Any]],
                                  shape: Shape, kind: JobKind, admission: Admission | None, model: str,
-                                 outcome: Outcome, *, watch: bool) -> dict[str, Any]:
+                                 outcome: Outcome, *, watch: bool, relay: Relay | None = None) -> dict[str, Any]:
         """Wait for the whole answer; if the client disconnects or time runs out, cancel the job. (``watch``
         False: the whole answer is already here, so there is nothing to wait for and no disconnect to watch.)"""
         watcher = asyncio.create_task(_wait_disconnect(request)) if watch else None
@@ -181,7 +214,9 @@ class Generation:
             watcher.add_done_callback(lambda t: current.cancel() if not t.cancelled() and not t.exception() else None)
         done = False
         try:
-            if kind in ("generate", "classify"):
+            if relay is not None:
+                result = await relay.collect(events, outcome)
+            elif kind in ("generate", "classify"):
                 result = await _first_result(events)
             else:
                 result = await collect(events, shape, outcome)

@@ -6,6 +6,10 @@ One entry drives both sides:
 - the gateway — :func:`model_list_entries` turns every entry into a LiteLLM-format ``model_list`` entry
   ``<name>-local`` → ``hosted_vllm/<served name>`` at the app's URL, with Modal proxy-auth headers.
 
+An entry with ``task: embed`` is an embedding model: its server runs vLLM's pooling runner (``--runner pooling
+--convert embed``, vLLM ≥ 0.10; ``--task embed`` before) and answers ``POST /v1/embeddings``, which the gateway
+passes through (its ``model_info.mode`` is ``embedding``, LiteLLM's name for it).
+
 GPU strings follow Modal 1.x: ``"A10G"``, ``"H100"``, ``"A100-80GB:4"`` (type, optionally ``:count``). Models
 that do not fit one card get a count and a matching ``--tensor-parallel-size``: Qwen3-30B-A3B in bf16 is
 ~61 GB (4 × A10G 24 GB), Qwen3-235B-A22B in FP8 ~235 GB (4 × A100-80GB).
@@ -16,7 +20,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -52,6 +56,7 @@ class VllmModel(Scaling):
     gpu: str
     max_model_len: int = Field(ge=256)
     served_name: str | None = None
+    task: Literal["generate", "embed"] = "generate"  # embed: vLLM's pooling runner, POST /v1/embeddings
     vllm_args: list[str] = Field(default_factory=list)
 
     @field_validator("gpu")
@@ -84,8 +89,12 @@ class VllmModel(Scaling):
         return self.served_name or self.hf_id
 
     def vllm_command(self, port: int = 8000) -> list[str]:
+        task: list[str] = []
+        if self.task == "embed" and "--runner" not in self.vllm_args:
+            task = ["--runner", "pooling", "--convert", "embed"]  # vLLM >= 0.10 (was: --task embed)
         return ["vllm", "serve", self.hf_id, "--host", "0.0.0.0", "--port", str(port),
-                "--served-model-name", self.served, "--max-model-len", str(self.max_model_len), *self.vllm_args]
+                "--served-model-name", self.served, "--max-model-len", str(self.max_model_len), *task,
+                *self.vllm_args]
 
     def url(self, workspace: str, environment: str | None = None, function: str = "serve") -> str:
         """The web endpoint Modal gives ``@modal.web_server`` function ``function`` of this app."""
@@ -108,5 +117,6 @@ def model_list_entries(workspace: str, environment: str | None = None) -> list[d
                                 "extra_headers": {"Modal-Key": "os.environ/MODAL_KEY",
                                                   "Modal-Secret": "os.environ/MODAL_SECRET"},
                                 "timeout": float(m.startup_timeout + 600)},
-             "model_info": {"gpu": m.gpu, "hf_id": m.hf_id, "max_model_len": m.max_model_len}}
+             "model_info": {"gpu": m.gpu, "hf_id": m.hf_id, "max_model_len": m.max_model_len,
+                            **({"mode": "embedding"} if m.task == "embed" else {})}}
             for m in load_registry().values()]

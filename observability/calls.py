@@ -15,11 +15,12 @@ Status = Literal["ok", "error", "timeout", "cancelled"]
 
 # error codes Gatehouse itself gives (workers and backends); an upstream's own codes are not label values
 OWN_ERROR_CODES = frozenset({"timeout", "cancelled", "internal_error", "upstream_unreachable", "upstream_auth",
-                             "model_not_found", "unsupported_endpoint", "invalid_value"})
+                             "model_not_found", "unsupported_endpoint", "invalid_value", "upstream_stream_interrupted",
+                             "upstream_stream_incomplete", "unsupported_parameter", "unsupported_value"})
 
 # the gen_ai.operation.name of each job kind (OpenTelemetry GenAI conventions; ours where none fits)
 OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "generate": "generate_content",
-                   "classify": "classify"}
+                   "classify": "classify", "embed": "embeddings"}
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.batches import LINE_JOB_PREFIX
+from core.embeddings import summary as embedding_summary
 from core.queue import BATCH_LANE
 from observability import calls, metrics
 from observability.calls import CallRecord, Status, TraceContext, has_token
@@ -86,7 +87,9 @@ class JobObserver:
         if call.kind == "classify":
             call.metadata["classifier"] = data
             metrics.CLASSIFIED.labels(call.model).inc(_count_prompts(data))
-        if isinstance(call.output, list):
+        if isinstance(call.output, list) and call.kind == "embed":
+            call.output = embedding_summary(data)  # the vectors are no trace's business: how many, how long
+        elif isinstance(call.output, list):
             choices = data.get("choices")
             if choices:
                 first = choices[0]
@@ -163,6 +166,8 @@ def _input_of(kind: str, body: dict[str, Any]) -> Any:
         return body.get("messages")
     if kind == "classify":
         return body.get("prompts")
+    if kind in ("embed", "responses"):
+        return body.get("input")
     return body.get("prompt")
 
 

@@ -143,6 +143,13 @@ def model_list(upstream_base: str) -> list[dict]:
         entry("cold-1.5", cold_start_retry=True, max_retries=0),
         entry("cold-1", cold_start_retry=True, max_retries=0), entry("cold-0.8", cold_start_retry=True, max_retries=0),
         entry("status-502", cold_start_retry=True),
+        # tests/test_conformance_chat.py: what the upstream did, relayed faithfully (bench/fake_agent.py and the
+        # fake upstream's breaking models), through the native client and through LiteLLM
+        entry("agent"), entry("ignore-stream"), entry("no-done"), entry("cut-after-3", max_retries=0),
+        entry("status-500", max_retries=0),
+        *({"model_name": f"{name}-litellm", "litellm_params": {"model": f"litellm_proxy/{name}", "max_retries": 0,
+                                                               "api_base": upstream_base, "api_key": "sk-upstream"}}
+          for name in ("agent", "status-429", "status-500", "cut-after-3")),
         {"model_name": "priced", "litellm_params": {"model": "openai/fake", "api_base": upstream_base,
                                                     "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620",
@@ -153,6 +160,16 @@ def model_list(upstream_base: str) -> list[dict]:
                                                         "modal_app": "gatehouse-vllm-echo"}},
         {"model_name": "vllm-echo", "litellm_params": {"model": "hosted_vllm/echo", "api_base": upstream_base,
                                                        "extra_headers": {"Modal-Key": "mk", "Modal-Secret": "ms"}}},
+        # POST /v1/responses (tests/test_responses.py): a tool-calling upstream model (translated to chat), and an
+        # upstream that speaks the Responses API itself (passed through)
+        entry("tool-caller"),
+        {"model_name": "responses-native", "model_info": {"supports_responses": True},
+         "litellm_params": {"model": "openai/echo", "api_base": upstream_base, "api_key": "sk-upstream-secret"}},
+        # POST /v1/embeddings: the embedded default's local model, and a LiteLLM provider (Mistral's API is the
+        # fake upstream's /v1/embeddings) beside the native client's upstream models above (tests/test_embeddings.py)
+        {"model_name": "all-minilm-l6-v2", "litellm_params": {"model": "local/all-minilm-l6-v2"}},
+        {"model_name": "embed-litellm", "litellm_params": {"model": "mistral/mistral-embed", "api_base": upstream_base,
+                                                           "api_key": "sk-mistral-test"}},
     ]
 
 

@@ -30,10 +30,12 @@ from workers.backends import (
     Chunk,
     Classifies,
     Completions,
+    Embeds,
     Generates,
     WholeAnswer,
     unsupported,
 )
+from workers.backends.base import fitted
 from workers.events import EventWriter
 from workers.state import WorkerState, state_of
 
@@ -65,6 +67,9 @@ async def run_request(ctx: dict[str, Any], spec_dict: dict[str, Any], lane: str 
         raise
     except BackendError as e:
         status, failure = "error", e
+        if e.status >= 500 or e.upstream_status is not None:  # the upstream's failure, in one line: no traceback
+            log.log(logging.WARNING if e.status >= 500 else logging.INFO, "request %s failed: %s", spec.id,
+                    e.describe())
     except TimeoutError:
         status, failure = "timeout", TIMED_OUT
     except Exception:
@@ -117,7 +122,10 @@ async def answer(backend: Backend, job: JobSpec, writer: Emitter, observer: JobO
         raise TimeoutError
     async with asyncio.timeout(remaining):
         result: Answer
-        if job.kind in Completions.provides and isinstance(backend, Completions):
+        # "responses": POST /v1/responses passed through, on a backend whose upstream speaks it (ADR 0020)
+        native = job.kind == "responses" and job.kind in backend.capabilities
+        if (job.kind in Completions.provides or native) and isinstance(backend, Completions):
+            job = fitted(job, backend)  # what this backend cannot do: a 400 naming it, or dropped (ADR 0019)
             if job.stream:
                 chunks = backend.stream(job)
                 await relay_chunks(chunks if answered_by is None else named(chunks, answered_by), writer, observer,
@@ -130,6 +138,10 @@ async def answer(backend: Backend, job: JobSpec, writer: Emitter, observer: JobO
             result = await backend.generate(job)
         elif job.kind == "classify" and isinstance(backend, Classifies):
             result = await backend.classify(job)
+        elif job.kind == "embed" and isinstance(backend, Embeds):
+            result = await backend.embed(job)
+            if answered_by is not None:
+                result = {**result, "model": answered_by}
         else:
             raise unsupported(job, backend)
     observer.result(call, result)

@@ -9,18 +9,31 @@ import pytest
 
 from core.config import ConfigError, load_config
 from gpu_apps import check
-from gpu_apps.registry import VllmModel, load_registry, parse_gpu
+from gpu_apps.registry import VllmModel, load_registry, model_list_entries, parse_gpu
 
 
 def test_seed_models_and_their_gpus() -> None:
     reg = load_registry()
     assert {n: parse_gpu(m.gpu)[0] for n, m in reg.items()} == {
         "llama-3.1-8b": "A10G", "qwen3-4b": "A10G", "qwen3-30b-a3b": "A10G", "qwen3-235b": "A100-80GB",
-        "gpt-oss-20b": "H100", "gpt-oss-120b": "H100"}
+        "gpt-oss-20b": "H100", "gpt-oss-120b": "H100", "qwen3-embedding-0.6b": "L4"}
     assert reg["qwen3-235b"].hf_id.endswith("-FP8")
     assert all(m.min_containers == 0 for m in reg.values())  # every app scales to zero
     cmd = reg["qwen3-235b"].vllm_command()
     assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"] and "--tensor-parallel-size" in cmd
+    assert "--runner" not in cmd
+
+
+def test_the_embedding_variant_runs_the_pooling_runner() -> None:
+    m = load_registry()["qwen3-embedding-0.6b"]
+    assert m.task == "embed"
+    cmd = m.vllm_command()
+    assert cmd[cmd.index("--runner") + 1] == "pooling" and cmd[cmd.index("--convert") + 1] == "embed"
+    entry = next(e for e in model_list_entries("acme") if e["model_name"] == "qwen3-embedding-0.6b-local")
+    assert entry["litellm_params"]["model"] == "hosted_vllm/Qwen/Qwen3-Embedding-0.6B"
+    assert entry["model_info"]["mode"] == "embedding"
+    chat = next(e for e in model_list_entries("acme") if e["model_name"] == "qwen3-4b-local")
+    assert "mode" not in chat["model_info"]
 
 
 @pytest.mark.parametrize("gpu, tp, message", [("A100(80)", None, "unknown GPU"), ("A10G:4", None, "does not match"),

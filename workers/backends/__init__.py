@@ -8,11 +8,12 @@ from workers.backends.base import (
     Chunk,
     Classifies,
     Completions,
+    Embeds,
     Generates,
     WholeAnswer,
     unsupported,
 )
 from workers.backends.registry import Backends, Resources
 
-__all__ = ["Answer", "Backend", "BackendError", "Backends", "Chunk", "Classifies", "Completions", "Generates",
-           "Resources", "WholeAnswer", "unsupported"]
+__all__ = ["Answer", "Backend", "BackendError", "Backends", "Chunk", "Classifies", "Completions", "Embeds",
+           "Generates", "Resources", "WholeAnswer", "unsupported"]

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from core import capabilities
 from core import schemas as s
 from core.config import ModelEntry
 from core.queue import JobSpec, SamplingParams
@@ -61,6 +62,7 @@ class Run:
 
 class LocalBackend(Completions, Generates):
     kind = "local"
+    features = capabilities.LOCAL  # several choices and stop sequences; no tools, formats, logprobs (core.capabilities)
 
     def __init__(self, entry: ModelEntry, engine: CharGPTEngine, executor: ThreadPoolExecutor,
                  pool: EntropyPool | None = None):

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core import capabilities
 from core import schemas as s
 from core.config import ModelEntry
 from core.queue import JobSpec
@@ -26,6 +27,7 @@ DEFAULT_TEMPERATURE = 0.8
 
 class ModalQgptBackend(Completions, Generates):
     kind = "modal"
+    features = capabilities.MODAL_QGPT  # one choice, no stop sequences, no tools, formats, logprobs (core.capabilities)
 
     def __init__(self, entry: ModelEntry, resolver: Resolver = modal_resolver):
         self.target = ModalTarget(entry, resolver)

@@ -19,14 +19,17 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import orjson
 
+from core import embeddings
 from core.config import ModelEntry
 from core.queue import JobSpec
 from observability import calls
-from workers.backends.base import Answer, BackendError, Chunk, Completions, WholeAnswer
+from workers.backends.base import Answer, BackendError, Chunk, Completions, Embeds, WholeAnswer
+from workers.backends.responses_native import native_answer, native_body, native_chunks
 
 log = logging.getLogger("gatehouse.worker")
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",
@@ -36,6 +39,7 @@ _CALL_KEYS = {"model", "api_base", "api_key", "timeout", "max_retries", "extra_h
               "cold_start_retry", "modal_app",
               "stream_timeout", "organization", "api_version", "input_cost_per_token", "output_cost_per_token"}
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+RELAYED_HEADERS = ("retry-after", "retry-after-ms")  # an upstream 4xx's headers its client gets too (a 429's)
 _ENVELOPE = ("id", "object", "created", "model")
 COLD_START_STATUS = {502, 503, 504}  # what a scaling-from-zero app answers while its container starts
 COLD_START_MAX_DELAY_S = 5.0
@@ -51,8 +55,9 @@ def new_session(limit: int = 1024) -> aiohttp.ClientSession:
                                  auto_decompress=True)
 
 
-class OpenAICompatibleBackend(Completions):
+class OpenAICompatibleBackend(Completions, Embeds):
     kind = "openai"
+    provides = frozenset({"responses"})  # POST /responses, for entries whose upstream speaks it (ADR 0020)
 
     def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession, *, retries: int = 2,
                  timeout_s: float = 600.0, on_request: Callable[[], None] | None = None):
@@ -79,7 +84,10 @@ class OpenAICompatibleBackend(Completions):
             self.defaults = {**LOCAL_DEFAULTS, **self.defaults}
 
     def _build(self, job: JobSpec, stream: bool) -> tuple[str, bytes]:
+        if job.kind == "responses":
+            return self.base + "/responses", native_body(self.defaults, job.body, self.upstream_model, stream)
         body = {**self.defaults, **job.body, "model": self.upstream_model}
+        body.pop("drop_params", None)  # LiteLLM's, honoured by the gateway (ADR 0019): never the upstream's
         if "tools" not in body:
             body.pop("tool_choice", None)  # a tool_choice without tools is an error for OpenAI-compatible servers
         if stream:
@@ -125,7 +133,7 @@ class OpenAICompatibleBackend(Completions):
             if cold:
                 calls.note_cold_start(job.model)
             calls.note_retry("openai", _retry_reason(err, cold))
-            log.info("upstream %s answered %d; %s %d in %.2fs", self.base, err.status,
+            log.info("upstream %s answered %d; %s %d in %.2fs", self.base, err.upstream_status or err.status,
                      "cold start, waiting: try" if cold else "retry", attempt, delay)
             await asyncio.sleep(delay)
 
@@ -144,6 +152,8 @@ class OpenAICompatibleBackend(Completions):
             out = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise BackendError(502, "The upstream model returned a body that is not JSON.") from e
+        if job.kind == "responses":
+            return native_answer(out)
         # everything but the envelope the gateway rewrites: vendor fields (e.g. qgpt's quantum_diagnostics) pass
         return {k: v for k, v in out.items() if k not in _ENVELOPE}
 
@@ -151,12 +161,18 @@ class OpenAICompatibleBackend(Completions):
         url, data = self._request(job, stream=True)
         resp = await self._post(job, url, data)
         async with resp:
-            with _reading():
+            with _reading(streaming=True):
+                if job.kind == "responses":
+                    async for event in native_chunks(resp, sse_data):
+                        yield event
+                    return
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    # some servers ignore stream=true; relay their whole answer as one result
-                    out = orjson.loads(await resp.read())
+                    # some servers ignore stream=true; relay their whole answer as one result (the gateway replays
+                    # it as chunks)
+                    out = _json(await resp.read())
                     yield WholeAnswer({k: out[k] for k in ("choices", "usage", "system_fingerprint") if k in out})
                     return
+                finished = False  # a choice's finish_reason was seen: the answer is complete even without [DONE]
                 async for payload in sse_data(resp.content):
                     if payload == b"[DONE]":
                         return
@@ -167,20 +183,56 @@ class OpenAICompatibleBackend(Completions):
                     if "error" in chunk:
                         e = chunk["error"] or {}
                         raise BackendError(502, str(e.get("message") or "upstream stream error"), code=e.get("code"))
+                    if not finished:
+                        choices = chunk.get("choices") or ()
+                        finished = any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
                     yield {k: chunk[k] for k in ("choices", "usage", "system_fingerprint") if k in chunk}
+                if not finished:  # the body ended cleanly, but the answer did not: not a success
+                    raise BackendError(502, "The upstream model's stream ended before the answer did (no finish_reason,"
+                                       " no [DONE]).", code="upstream_stream_incomplete")
+
+    async def embed(self, job: JobSpec) -> Answer:
+        """``POST {api_base}/embeddings`` with the client's body (vLLM's embedding servers speak it too), retried
+        as completions are; the vectors come back in the format the client asked for."""
+        if self.on_request is not None:
+            self.on_request()
+        data = orjson.dumps({**job.body, "model": self.upstream_model})
+        resp = await self._post(job, self.base + "/embeddings", data)
+        async with resp:
+            with _reading():
+                raw = await resp.read()
+        try:
+            return embeddings.upstream_answer(orjson.loads(raw), job.body.get("encoding_format"))
+        except ValueError as e:  # not JSON (orjson's error is a ValueError), or not an embeddings body
+            raise BackendError(502, f"The upstream model's embeddings answer is not usable: {e}.") from e
 
 
 @contextlib.contextmanager
-def _reading() -> Iterator[None]:
-    """While reading an answer's body: the upstream hanging up or stalling is its failure (502/504), not ours."""
+def _reading(streaming: bool = False) -> Iterator[None]:
+    """While reading an answer's body: the upstream hanging up or stalling is its failure (502/504), not ours. A
+    stream cut midway (connection reset or closed before its end) is ``upstream_stream_interrupted``."""
     try:
         yield
     except TimeoutError as e:
         raise BackendError(504, "The upstream model stopped sending before it finished.", type_="timeout_error",
                            code="timeout") from e
-    except aiohttp.ClientError as e:
+    except (aiohttp.ClientError, ConnectionError) as e:
+        if streaming:
+            raise BackendError(502, f"The upstream model's stream was cut off midway ({type(e).__name__}).",
+                               code="upstream_stream_interrupted") from e
         raise BackendError(502, f"The upstream model broke off its answer ({type(e).__name__}).",
                            code="upstream_disconnected") from e
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    """An upstream's whole answer as a JSON object; a body that is not one is the upstream's failure (502)."""
+    try:
+        out = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BackendError(502, "The upstream model returned a body that is not JSON.") from e
+    if not isinstance(out, dict):
+        raise BackendError(502, "The upstream model returned JSON that is not an object.")
+    return out
 
 
 async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -200,19 +252,25 @@ async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 async def _error_from(resp: aiohttp.ClientResponse) -> BackendError:
     async with resp:
         raw = await resp.read()
-    message, code, type_, param = f"The upstream model answered HTTP {resp.status}.", None, None, None
+    message, code, type_, param = None, None, None, None
     try:
         e = orjson.loads(raw).get("error")
         if isinstance(e, dict):
-            message = str(e.get("message") or message)
+            message = str(e.get("message") or "") or None
             code, type_, param = e.get("code"), e.get("type"), e.get("param")
         elif isinstance(e, str):
             message = e
     except (orjson.JSONDecodeError, AttributeError):
         pass
     status = resp.status
-    err = BackendError(status if status < 500 else 502, message, type_=type_, code=code, param=param,
-                       retryable=status in RETRYABLE_STATUS)
+    if status >= 500:  # the upstream failed: 502 upstream_error to the client, its message kept, its status logged
+        err = BackendError(502, f"The upstream model answered HTTP {status}" + (f": {message}" if message else "."),
+                           type_="upstream_error", code="upstream_error", retryable=status in RETRYABLE_STATUS,
+                           upstream_status=status)
+    else:  # the upstream's own 4xx passes through as it was (a 429 with its retry-after)
+        err = BackendError(status, message or f"The upstream model answered HTTP {status}.", type_=type_, code=code,
+                           param=param, retryable=status in RETRYABLE_STATUS, upstream_status=status,
+                           headers={h: v for h in RELAYED_HEADERS if (v := resp.headers.get(h))})
     ra = resp.headers.get("retry-after")
     if ra:
         try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from core.config import Config, ModelEntry
-from workers.backends.base import Backend, BackendError
+from workers.backends.base import Backend, BackendError, Completions
 
 if TYPE_CHECKING:
     from gpu_apps.chargpt import CharGPTEngine
@@ -86,6 +86,9 @@ class Backends:
             # a balanced group's retries are the router's (each may go to another deployment), not the backend's
             balanced = len(deployments) > 1 or deployments[0].limited
             backends = tuple(self._make(d.entry, retries=0 if balanced else None) for d in deployments)
+            for b in backends:
+                if isinstance(b, Completions):  # what it cannot do is dropped, not refused (ADR 0019)
+                    b.drop_params = self.config.drop_params()
             self.register(name, backends[0])
             self._others.extend(backends[1:])
             groups[name] = Group(name, tuple(deployments), backends)
@@ -130,6 +133,10 @@ class Backends:
 
             return LiteLLMBackend(entry, retries=retries, timeout_s=s.upstream_timeout_s,
                                   drop_params=self.config.drop_params())
+        from workers.backends import embeddings_local
+
+        if embeddings_local.serves(entry):  # local/all-minilm-l6-v2: its own thread, loaded on first use
+            return embeddings_local.LocalEmbeddingBackend(entry)
         from workers.backends.local import LocalBackend
 
         return LocalBackend(entry, self._engine(entry), res.model_thread(), self._entropy())

@@ -199,7 +199,7 @@ class BatchRunner:
         if batch is None:
             return
         known = await self.store.custom_ids(batch_id, [line for line, _ in done])
-        kind = "chat" if batch.endpoint == "/v1/chat/completions" else "completion"
+        kind = b.kind_of(batch.endpoint)
         results, costs = [], []
         for line, events in done:
             if line not in known:

@@ -73,8 +73,8 @@ def test_defaults_serve_chargpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GATEHOUSE_CONFIG", raising=False)
     cfg = load_config()
-    assert list(cfg.models()) == ["chargpt", "qgpt", "prompt-classifier"]
-    assert [e.backend for e in cfg.models().values()] == ["local", "local", "classifier"]
+    assert list(cfg.models()) == ["chargpt", "qgpt", "prompt-classifier", "all-minilm-l6-v2"]
+    assert [e.backend for e in cfg.models().values()] == ["local", "local", "classifier", "local"]
     assert cfg.models()["qgpt"].litellm_params.extra_params() == {"quantum": True}
 
 

@@ -19,11 +19,13 @@ def _document() -> dict[str, Any]:
 def test_every_post_declares_its_body() -> None:
     paths = _document()["paths"]
     posts = {path: item["post"] for path, item in paths.items() if "post" in item}
-    assert set(posts) == {"/v1/chat/completions", "/v1/completions", "/generate", "/v1/classify", "/classify",
-                          "/key/generate", "/key/update", "/key/delete", "/v1/files", "/v1/batches",
+    assert set(posts) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/generate", "/v1/classify",
+                          "/classify", "/key/generate", "/key/update", "/key/delete", "/v1/files", "/v1/batches",
                           "/v1/batches/{batch_id}/cancel", "/v1/benchmarks",
-                          "/v1/benchmarks/{benchmark_id}/cancel"}  # not the aliases
-    for cancel in ("/v1/batches/{batch_id}/cancel", "/v1/benchmarks/{benchmark_id}/cancel"):
+                          "/v1/benchmarks/{benchmark_id}/cancel", "/v1/responses",
+                          "/v1/responses/{response_id}/cancel"}  # not the aliases
+    for cancel in ("/v1/batches/{batch_id}/cancel", "/v1/benchmarks/{benchmark_id}/cancel",
+                   "/v1/responses/{response_id}/cancel"):
         assert "requestBody" not in posts.pop(cancel)  # the id is the whole request
     for path, op in posts.items():
         assert op["requestBody"]["required"] is True, path

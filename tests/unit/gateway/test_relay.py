@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
+from gateway.errors import from_event
 from gateway.relay import DONE, Outcome, Shape, SSEResponse, sse_stream
 
 
@@ -59,3 +62,54 @@ async def test_a_worker_error_ends_the_stream_with_done() -> None:
     assert len(pieces) == 1
     assert b'"content":"a"' in pieces[0] and b'"message":"broke"' in pieces[0] and b"never" not in pieces[0]
     assert pieces[0].endswith(DONE)
+
+
+async def test_a_stream_that_fails_before_any_output_answers_the_error_s_own_status() -> None:
+    """The upstream refused (429 with retry-after) after the gateway's first read: the response has not started,
+    so the client gets HTTP 429 and the header, not a 200 with an error event (issue 15)."""
+    outcome = Outcome()
+    err = {"k": "error", "status": 429, "type": "requests", "code": "rate_limit_exceeded", "message": "slow down",
+           "param": None, "headers": {"retry-after": "7"}}
+    body = sse_stream(batches(([], False), ([err], False)), Shape("chat", "c", "m", 1), False, outcome)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    await SSEResponse(body).stream_response(send, scope, receive)
+    start = sent[0]
+    assert start["status"] == 429 and (b"retry-after", b"7") in start["headers"]
+    assert (b"content-type", b"application/json") in start["headers"]
+    assert orjson.loads(sent[1]["body"])["error"]["code"] == "rate_limit_exceeded"
+    assert outcome.cut  # the job is cancelled, not taken as delivered
+
+
+def test_a_whole_answer_replayed_as_chunks_keeps_tool_call_indexes_and_logprobs() -> None:
+    calls = [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+             {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{\"x\":1}"}}]
+    logprobs = {"content": [{"token": "hi", "logprob": -0.5, "bytes": [104, 105], "top_logprobs": []}],
+                "refusal": None}
+    answer = {"choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": logprobs,
+                           "message": {"role": "assistant", "content": "hi", "tool_calls": calls,
+                                       "reasoning_content": "r"}}], "system_fingerprint": "fp"}
+    chunks = Shape("chat", "c", "m", 1).result_as_chunks(answer)
+    choices = [c["choices"][0] for c in chunks]
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+    assert choices[1]["delta"] == {"content": "hi", "reasoning_content": "r"} and choices[1]["logprobs"] == logprobs
+    assert choices[2]["delta"]["tool_calls"] == [{"index": 0, **calls[0]}, {"index": 1, **calls[1]}]
+    assert choices[3]["finish_reason"] == "tool_calls" and choices[3]["delta"] == {}
+    assert all(c["system_fingerprint"] == "fp" and c["object"] == "chat.completion.chunk" for c in chunks)
+    text = Shape("completion", "c", "m", 1).result_as_chunks(
+        {"choices": [{"index": 0, "text": "hi", "finish_reason": "stop", "logprobs": {"tokens": ["hi"]}}]})
+    assert text[0]["choices"][0]["logprobs"] == {"tokens": ["hi"]}
+
+
+def test_a_worker_error_names_its_headers() -> None:
+    err = from_event({"k": "error", "status": 429, "type": "requests", "code": None, "message": "slow",
+                      "param": None, "headers": {"retry-after": "3"}})
+    assert err.status == 429 and err.headers == {"retry-after": "3"}
+    assert from_event({"k": "error", "status": 502, "message": "x"}).headers == {}
