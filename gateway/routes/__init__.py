@@ -13,6 +13,7 @@ from starlette.responses import Response
 from core.schemas import dumps_json
 from gateway.auth import Principal
 from gateway.db.database import Database, DatabaseUnavailable
+from gateway.errors import NotFound
 from gateway.openapi import PlainEndpoint
 from gateway.services import services
 
@@ -27,6 +28,13 @@ def plain_post(router: APIRouter, path: str, endpoint: Endpoint, *body: type[Bas
     do; the OpenAPI document (gateway.openapi) describes its body with the ``body`` models."""
     plain = PlainEndpoint(path, endpoint, body)
     router.add_route(path, plain.handle, methods=["POST"], name=endpoint.__name__, include_in_schema=include_in_schema)
+
+
+def not_found(what: str, ident: str, param: str, code: str) -> NotFound:
+    """404 for a stored object the caller may not see or that does not exist (the same answer for both), the id
+    echoed at most 64 characters long."""
+    shown = ident if len(ident) <= 64 else ident[:64] + "…"
+    return NotFound(f"No {what} found with id '{shown}'.", param=param, code=code)
 
 
 def json_response(obj: Any) -> Response:

@@ -20,7 +20,7 @@ from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.files.store import FileStore, file_not_found, owner_of, scope_of
 from gateway.priority import priority_for, tenant_of
-from gateway.routes import json_response, stored
+from gateway.routes import json_response, not_found, stored
 from gateway.services import services
 from gateway.serving import read_json
 
@@ -41,8 +41,7 @@ async def _batches(request: Request) -> tuple[BatchStore, Principal]:
 
 
 def batch_not_found(batch_id: str) -> NotFound:
-    shown = batch_id if len(batch_id) <= 64 else batch_id[:64] + "…"
-    return NotFound(f"No batch found with id '{shown}'.", param="batch_id", code="batch_not_found")
+    return not_found("batch", batch_id, "batch_id", "batch_not_found")
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -25,7 +25,7 @@ from gateway.auth import Principal
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied, RateLimited
 from gateway.files.store import owner_of, scope_of
 from gateway.priority import tenant_of
-from gateway.routes import json_response, stored
+from gateway.routes import json_response, not_found, stored
 from gateway.services import Services, services
 from gateway.serving import read_json
 
@@ -66,8 +66,7 @@ async def _runs(request: Request) -> tuple[BenchStore, Principal]:
 
 
 def run_not_found(run_id: str) -> NotFound:
-    shown = run_id if len(run_id) <= 64 else run_id[:64] + "…"
-    return NotFound(f"No benchmark run found with id '{shown}'.", param="benchmark_id", code="benchmark_not_found")
+    return not_found("benchmark run", run_id, "benchmark_id", "benchmark_not_found")
 
 
 def _invalid(message: str, param: str | None, code: str = "invalid_value") -> InvalidRequest:

@@ -39,6 +39,7 @@ from observability.calls import TraceContext
 from observability.metrics import BATCH_LINES
 from workers.batches import lifecycle
 from workers.batches.quota import OUT_OF_BUDGET, Quota
+from workers.waiting import Waiting
 
 log = logging.getLogger("gatehouse.batches")
 LEASE_MS = 5_000
@@ -95,7 +96,7 @@ class BatchRunner:
         self._refreshed = 0.0
         self._reconciled = time.monotonic()
         self._turn = 0
-        self._failing: str | None = None
+        self._waiting = Waiting(log, "batch runner")
         self._expiring: set[str] = set()  # batches past their window, being stopped as expired
         self._lead = redis.register_script(LEAD_LUA)
         self._probe = redis.register_script(PROBE_LUA)
@@ -119,14 +120,14 @@ class BatchRunner:
                     self.leading = True
                     log.info("this worker runs the batches now")
                 await self.tick()
-                self._ok()
+                self._waiting.ok()
             except asyncio.CancelledError:
                 raise
             except (*q.REDIS_DOWN, DatabaseUnavailable) as e:
-                self._trouble(type(e).__name__)
+                self._waiting.trouble(type(e).__name__)
                 await asyncio.sleep(1.0)
             except asyncpg.UndefinedTableError:  # a worker may start before the gateway's first migration
-                self._trouble("the batch tables do not exist yet (the gateway creates them when it starts)")
+                self._waiting.trouble("the batch tables do not exist yet (the gateway creates them when it starts)")
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not end the runner: log it, try again
                 log.exception("batch runner tick failed")
@@ -160,16 +161,6 @@ class BatchRunner:
         self.buffers.clear()
         self.cursors.clear()
         self.last_id = "0-0"
-
-    def _trouble(self, what: str) -> None:
-        if self._failing != what:
-            log.warning("batch runner waiting: %s", what)
-        self._failing = what
-
-    def _ok(self) -> None:
-        if self._failing is not None:
-            log.info("batch runner going on after %s", self._failing)
-            self._failing = None
 
     # ── 1. results ────────────────────────────────────────────────────────────────────────────────────
     async def collect(self, block_ms: int) -> None:

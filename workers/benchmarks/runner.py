@@ -37,6 +37,7 @@ from workers.benchmarks.client import BenchClient
 from workers.benchmarks.keys import KEYS_PREFIX, RunKeys, revoke_all
 from workers.benchmarks.recorder import Recorder
 from workers.benchmarks.sandbox import sandbox_for
+from workers.waiting import Waiting
 
 log = logging.getLogger("gatehouse.benchmarks")
 RUNNER_KEY = "gatehouse:bench:runner"
@@ -67,7 +68,7 @@ class BenchRunner:
         self.retry_at: dict[str, float] = {}
         self._renewed = 0.0
         self._swept = 0.0
-        self._failing: str | None = None
+        self._waiting = Waiting(log, "benchmark runner")
         self._lead = redis.register_script(LEAD_LUA)
         self._release = redis.register_script(RELEASE_LUA)
 
@@ -77,13 +78,13 @@ class BenchRunner:
             try:
                 if await self._keep_lease():
                     await self.tick()
-                    self._ok()
+                    self._waiting.ok()
             except asyncio.CancelledError:
                 raise
             except (*q.REDIS_DOWN, DatabaseUnavailable) as e:
-                self._trouble(type(e).__name__)
+                self._waiting.trouble(type(e).__name__)
             except asyncpg.UndefinedTableError:  # a worker may start before the gateway's migration 0006
-                self._trouble("the benchmark tables do not exist yet (the gateway creates them when it starts)")
+                self._waiting.trouble("the benchmark tables do not exist yet (the gateway creates them when it starts)")
             except Exception:  # a bug must not end the runner (nor the worker): log it, try again
                 log.exception("benchmark runner tick failed")
             if self.leading and time.monotonic() - self._renewed > LEASE_MS / 1000:
@@ -131,16 +132,6 @@ class BenchRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _trouble(self, what: str) -> None:
-        if self._failing != what:
-            log.warning("benchmark runner waiting: %s", what)
-        self._failing = what
-
-    def _ok(self) -> None:
-        if self._failing is not None:
-            log.info("benchmark runner going on after %s", self._failing)
-            self._failing = None
 
     # ── runs ──────────────────────────────────────────────────────────────────────────────────────────
     async def tick(self) -> None:
