@@ -181,6 +181,7 @@ class Supervisor:
         tracing = f"\n  traces     {t.base_url} (Langfuse)" if t.enabled else ""
         self.console.print(f"\n[bold green]Gatehouse is up[/bold green]\n"
                            f"  base URL   [bold]{base}/v1[/bold]\n"
+                           f"  console    [bold]{base}/ui[/bold]  (sign in with the master key)\n"
                            f"  master key [bold]{master_key}[/bold]\n"
                            f"  models     {models}\n"
                            f"  health     {base}/health\n"

@@ -14,8 +14,6 @@ only where the line is still pending: each line's result lands exactly once.
 
 from __future__ import annotations
 
-import secrets
-import time
 import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pydantic import ValidationError
 
 from core import schemas as p
 from core.embeddings import EmbeddingRequest, embedding_list
+from core.ids import sortable_id
 
 BATCH_QUEUE: Final = "gatehouse:queue:batch"  # the batch lane (core.queue.LANES)
 RESULTS_STREAM: Final = "gatehouse:batch:results"  # every finished line: {j: job id, e: its events}
@@ -47,7 +46,7 @@ CUSTOM_ID_MAX: Final = 512
 
 def new_batch_id() -> str:
     """``batch_`` + 12 hex digits of milliseconds since 1970 + 12 random ones: ids sort by creation time."""
-    return f"batch_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+    return sortable_id("batch_", 6)
 
 
 def line_job_id(batch_id: str, line: int) -> str:

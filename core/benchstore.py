@@ -8,8 +8,6 @@ Access is by ``scope`` as for batches: None sees every run (master and admin key
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +18,7 @@ import orjson
 
 from core.benchstats import SLO_METRICS, summarize
 from core.database import Database
+from core.ids import sortable_id
 
 ID_PREFIX: Final = "bench_"
 ACTIVE: Final = ("queued", "running", "cancelling")
@@ -36,7 +35,7 @@ Results = list[Result]  # (a name: inside BenchStore, ``list`` is its method)
 
 def new_bench_id() -> str:
     """``bench_`` + 12 hex digits of milliseconds since 1970 + 14 random ones: ids sort by creation time."""
-    return f"{ID_PREFIX}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(7)}"
+    return sortable_id(ID_PREFIX, 7)
 
 
 def _json(value: Any) -> Any:

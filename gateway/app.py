@@ -17,6 +17,7 @@ from starlette.responses import Response
 from core import __version__
 from core import queue as q
 from core.config import Config
+from gateway.console import routes as console
 from gateway.context import RequestContextMiddleware
 from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable, from_error_list, render
@@ -74,6 +75,7 @@ def create_app(config: Config, master_key: str) -> FastAPI:
     app.include_router(benchmarks.router)
     app.include_router(metrics.router)
     app.include_router(responses.router)
+    console.mount(app)  # the web console at /ui (gateway/console/, ADR 0021)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -19,6 +19,7 @@ from core.pricing import FREE, Price, price_list
 from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
+from gateway.console.session import SessionStore
 from gateway.db.database import Database, DatabaseUnavailable
 from gateway.draining import Drain
 from gateway.enqueue import JobQueue
@@ -136,7 +137,7 @@ async def build_services(config: Config, master_key: str, drain: Drain | None = 
         drain=drain or Drain(s.shutdown_grace_s),
         queue=JobQueue(redis, max_depth=s.queue_max_depth),
         batch_queue=JobQueue(redis, name=q.BATCH_QUEUE, max_depth=s.queue_max_depth, wake=q.INTERACTIVE_QUEUE),
-        auth=Authenticator(master_key, keys, jwt),
+        auth=Authenticator(master_key, keys, jwt, SessionStore(redis)),
         db=db,
         models=models,
         keys=keys,

@@ -7,6 +7,9 @@ Accepted, on every protected route:
 3. ``Authorization: Bearer <JWT>`` — HS256 with a shared secret, or RS256/ES256 from a JWKS (jwt_auth.py).
 4. ``Authorization: Basic base64(ak-<id>:as-<secret>)`` — the same virtual key as an id/secret pair.
 5. ``x-api-key: <virtual key or master key>``.
+6. Neither header, but a console session cookie (``gh_session``, gateway/console/): the session's stored
+   credential, authenticated as above; a method other than GET/HEAD/OPTIONS must also carry the session's
+   ``x-csrf-token`` (else 403). Only looked at when no header is present, so bearer requests pay nothing.
 
 Secrets are compared in constant time and never appear in messages or logs.
 """
@@ -25,7 +28,8 @@ from starlette.requests import Request
 
 from core.durations import duration_seconds
 from core.keys.tokens import KeyCredential, parse_bearer, parse_pair, secret_matches
-from gateway.errors import AuthenticationFailed
+from gateway.console.session import COOKIE, CSRF_HEADER, SAFE_METHODS, SessionStore
+from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.keys.cache import KeyCache
 
 if TYPE_CHECKING:
@@ -35,6 +39,8 @@ NO_KEY = ("You didn't provide an API key. You need to provide your API key in an
           "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 BAD_KEY = "Incorrect API key provided. You can find your API keys in your Gatehouse admin."
 EXPIRED = "This API key has expired or was revoked."
+NO_SESSION = "Your console session has expired or was signed out; sign in again at /ui/login."
+BAD_CSRF = "This request needs the console session's x-csrf-token header."
 JWT_CACHE_MAX = 50_000
 
 
@@ -65,8 +71,10 @@ MASTER = Principal(id="master", kind="master", is_admin=True)
 
 
 class Authenticator:
-    def __init__(self, master_key: str, keys: KeyCache | None = None, jwt: JwtVerifier | None = None):
+    def __init__(self, master_key: str, keys: KeyCache | None = None, jwt: JwtVerifier | None = None,
+                 sessions: SessionStore | None = None):
         self._master = master_key.encode()
+        self.sessions = sessions  # console sessions (gateway/console/), when the console is served
         self.keys = keys
         self.jwt = jwt  # when JWTs are configured
         # verified JWTs -> principal, until the token's own expiry: a signature check per request costs
@@ -87,7 +95,23 @@ class Authenticator:
         api_key = request.headers.get("x-api-key")
         if api_key:
             return await self._bearer(api_key.strip(), allow_jwt=False)
+        if self.sessions is not None:
+            session_id = request.cookies.get(COOKIE)
+            if session_id:
+                return await self._session(request, self.sessions, session_id)
         raise AuthenticationFailed(NO_KEY).because("missing")
+
+    async def credential(self, token: str) -> Principal:
+        """The principal for a credential as typed into the console's sign-in form (master key, virtual key, JWT)."""
+        return await self._bearer(token.strip())
+
+    async def _session(self, request: Request, sessions: SessionStore, session_id: str) -> Principal:
+        session = await sessions.get(session_id)
+        if session is None:
+            raise AuthenticationFailed(NO_SESSION).because("expired")
+        if request.method not in SAFE_METHODS and not session.csrf_ok(request.headers.get(CSRF_HEADER)):
+            raise PermissionDenied(BAD_CSRF, code="csrf_failed")
+        return await self.credential(session.credential)
 
     async def _bearer(self, token: str, allow_jwt: bool = True) -> Principal:
         if hmac.compare_digest(token.encode(), self._master):

@@ -15,6 +15,7 @@ from core import __version__, lanes
 from core import queue as q
 from core import schemas as p
 from core.batchstore import BatchStore
+from gateway.console.session import COOKIE
 from gateway.services import Services, services
 
 router = APIRouter()
@@ -60,7 +61,8 @@ async def _shows_tenants(svc: Services, request: Request) -> bool:
     """Tenant names (team and key ids) are shown to an admin caller, or to all with metrics.tenant_labels."""
     if svc.config.settings.metrics.tenant_labels:
         return True
-    if not (request.headers.get("authorization") or request.headers.get("x-api-key")):
+    if not (request.headers.get("authorization") or request.headers.get("x-api-key")
+            or request.cookies.get(COOKIE)):
         return False
     try:
         return (await svc.auth.authenticate(request)).is_admin

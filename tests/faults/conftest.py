@@ -3,16 +3,39 @@ the tests kill, pause and restart; a fake upstream of the module's own, so its r
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import yaml
 from conftest import MASTER_KEY, free_port, show_logs, start_processes, wait_http
 
 from bench.fake_upstream import UpstreamThread
 from faults.harness import WORKER_CONCURRENCY, FaultStack, Valkey, env_without_overrides, fault_models
+
+
+@pytest.fixture(scope="module")
+def database_url(database_url: str) -> Iterator[str]:
+    """A database of the module's own on the session's server: every batch or benchmark runner on a database
+    drives its batches and runs, so the session's stack (when a test before started it) must not see this
+    module's, nor this module's stack the session's."""
+    name = f"faults_{int(time.time() * 1000)}"
+    asyncio.run(_admin_sql(database_url, f"CREATE DATABASE {name}"))
+    yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
+    asyncio.run(_admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def _admin_sql(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="module")

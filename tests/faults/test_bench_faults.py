@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-import pytest
 from conftest import MASTER_KEY
 
 from faults.harness import FaultStack, traceback_excerpts, upstream_count
@@ -22,24 +19,6 @@ from workers.benchmarks.runner import RUNNER_KEY
 ITEMS = 40
 PARALLEL = 4
 HEADERS = {"authorization": f"Bearer {MASTER_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def database_url(database_url: str) -> Iterator[str]:
-    """A database of this module's own on the session's server: every runner on a database drives its runs, so the
-    session's stack (when it runs too) must not see the runs of this module's stack."""
-    name = f"bench_faults_{int(time.time() * 1000)}"
-    asyncio.run(_admin_sql(database_url, f"CREATE DATABASE {name}"))
-    yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    asyncio.run(_admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _admin_sql(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def show(h: FaultStack, run_id: str) -> dict[str, Any]:
