@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import openai
@@ -26,13 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, load
+from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err, fail, load, metadata_pairs, out
 
 batches_app = typer.Typer(help="OpenAI Batch API: submit JSONL files of requests, follow them, download the "
                                "results (needs a running gateway).", no_args_is_help=True)
-_width = None if sys.stdout.isatty() else 200  # pipes and CI logs get whole rows
-out = Console(highlight=False, width=_width)
-err = Console(stderr=True, highlight=False, width=_width)
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -53,11 +50,6 @@ BatchId = Annotated[str, typer.Argument(help="Batch id (batch_…).", show_defau
 
 
 # ── talking to the gateway ────────────────────────────────────────────────────────────────────────────
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(message, style="red", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _client(config: str | None, url: str | None, key: str | None) -> openai.OpenAI:
     cfg = load(config)
     return openai.OpenAI(base_url=base_url(cfg, url) + "/v1", api_key=api_key(cfg, key, "API key (--api-key)"),
@@ -175,18 +167,6 @@ def _read_input(path: Path) -> bytes:
     return content
 
 
-def _metadata(pairs: list[str] | None) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    metadata = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--metadata wants KEY=VALUE, not {pair!r}", 2)
-        metadata[key] = value
-    return metadata
-
-
 def _wait(client: openai.OpenAI, batch: dict[str, Any]) -> dict[str, Any]:
     """Poll the batch (every 0.5 s for the first 10 s, then every second) under a progress bar on stderr."""
     started = time.monotonic()
@@ -229,7 +209,7 @@ def submit(
     json_: JsonOpt = False, config: ConfigOpt = None, url: BaseUrlOpt = None, key: ApiKeyOpt = None,
 ) -> None:
     content = _read_input(file)
-    tags = _metadata(metadata)
+    tags = metadata_pairs(metadata) if metadata else None
     client = _client(config, url, key)
     with _errors(client):
         uploaded = client.files.create(file=(file.name, content), purpose="batch")

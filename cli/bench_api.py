@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import orjson
 import typer
-from rich.console import Console
 
-from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, load
+from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err, fail, load, out
 
 __all__ = ["ApiKeyOpt", "BaseUrlOpt", "ConfigOpt", "Gateway", "JsonOpt", "RunId", "err", "fail", "out",
            "print_json"]
 
-_width = None if sys.stdout.isatty() else 200  # pipes and CI logs get whole rows
-out = Console(highlight=False, width=_width)
-err = Console(stderr=True, highlight=False, width=_width)
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 PAGE = 1000  # results per page when reading a run's results (the API's most)
@@ -29,12 +25,6 @@ ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="GATEHOUSE_AP
                                                help="API key (default: the master key).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (a stable contract), nothing else.")]
 RunId = Annotated[str, typer.Argument(help="Benchmark run id (bench_…).", show_default=False)]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """``message`` as one line on stderr, then exit ``code``."""
-    err.print(message.replace("\n", " "), style="red", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def print_json(obj: Any) -> None:

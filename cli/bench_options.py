@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.bench_api import fail
+from cli.common import metadata_pairs
 
 
 def load_options(suite: Path | None, models: str, synthetic: str | None, parallel: int | None, rate: str | None,
@@ -29,7 +30,7 @@ def load_options(suite: Path | None, models: str, synthetic: str | None, paralle
     if slo is not None:
         body["slo"] = _slo(slo)
     if metadata:
-        body["metadata"] = _metadata(metadata)
+        body["metadata"] = metadata_pairs(metadata)
     body["suite"] = _suite(suite, synthetic)  # last: the slowest check
     return body
 
@@ -75,16 +76,6 @@ def _slo(spec: str) -> dict[str, Any]:
         return parse_slo(spec)
     except ValueError as e:  # SuiteError is a ValueError
         fail(f"--slo: {e}", 2)
-
-
-def _metadata(pairs: list[str]) -> dict[str, str]:
-    metadata = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--metadata wants KEY=VALUE, not {pair!r}", 2)
-        metadata[key] = value
-    return metadata
 
 
 def _suite(path: Path | None, synthetic: str | None) -> dict[str, Any]:

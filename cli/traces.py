@@ -9,7 +9,6 @@ CLI.
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,16 +16,12 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 
-from cli.common import BaseUrlOpt, api_key, base_url, load
+from cli.common import BaseUrlOpt, api_key, base_url, err, load, out
 from core.settings import TracingSettings
 
 traces_app = typer.Typer(help="Langfuse traces: check that requests through the gateway arrive as traces.",
                          no_args_is_help=True)
-_width = None if sys.stdout.isatty() else 200  # pipes and CI logs get whole lines
-out = Console(highlight=False, width=_width)
-err = Console(stderr=True, highlight=False, width=_width)
 
 VERIFY_PROMPT = "Gatehouse trace check: say hello."
 
