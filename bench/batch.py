@@ -60,7 +60,6 @@ import pathlib
 import platform
 import re
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -77,6 +76,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
+from bench.common import log, med, verdict
 from bench.overhead import BODY, GATEHOUSE_HEADERS, git_describe, pct
 from bench.overhead import rss_mb as proc_rss_mb
 from bench.stack import KEY, ROOT, Stack, running_stack
@@ -85,14 +85,6 @@ from core import queue as q
 PARTS = ("throughput", "isolation", "fairness", "memory")
 FINAL = ("completed", "failed", "expired", "cancelled")
 TARGETS = {"throughput_pct": 80.0, "isolation_p50_x": 1.5, "isolation_p99_x": 2.0, "fairness_x": 2.0}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 # ── interactive load ──────────────────────────────────────────────────────────────────────────────────
@@ -758,10 +750,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await pg.close()
     res["wall_s"] = time.perf_counter() - t_start
     return res
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 def report(res: dict[str, Any]) -> str:

@@ -58,9 +58,7 @@ import os
 import pathlib
 import platform
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +68,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.common import log, med, verdict
 from bench.overhead import (
     BODY,
     GATEHOUSE_HEADERS,
@@ -88,15 +87,6 @@ TARGETS = {"overhead_abs_diff_ms": 0.3, "throughput_pct": 60.0, "guidellm_rel_di
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}  # what the runner sends
 C1_SPEC = "prompt_tokens=2,output_tokens=16"  # overhead.py's body: a 2-word prompt, max_tokens 16
 GUIDELLM = pathlib.Path("/tmp/glvenv/bin/guidellm")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop NaN
-    return statistics.median(values) if values else float("nan")
 
 
 # ── bench/overhead.py's measurements, streamed as the runner streams ───────────────────────────────────
@@ -468,10 +458,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await pg.close()
     res["wall_s"] = time.perf_counter() - t0
     return res
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 def report(res: dict[str, Any]) -> str:

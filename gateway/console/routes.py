@@ -3,6 +3,7 @@ public API with the session cookie (gateway.auth reads it) and the CSRF header (
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -174,29 +175,16 @@ async def playground(request: Request) -> Response:
     return await _page(request, "playground.html", "playground", prices=prices)
 
 
-@router.get("/ui/models")
-async def models(request: Request) -> Response:
-    return await _page(request, "models.html", "models")
+def _plain_page(page: str) -> Callable[[Request], Awaitable[Response]]:
+    async def show(request: Request) -> Response:
+        return await _page(request, f"{page}.html", page)
+    show.__name__ = page
+    return show
 
 
-@router.get("/ui/keys")
-async def keys(request: Request) -> Response:
-    return await _page(request, "keys.html", "keys")
-
-
-@router.get("/ui/queue")
-async def queue(request: Request) -> Response:
-    return await _page(request, "queue.html", "queue")
-
-
-@router.get("/ui/batches")
-async def batches(request: Request) -> Response:
-    return await _page(request, "batches.html", "batches")
-
-
-@router.get("/ui/benchmarks")
-async def benchmarks(request: Request) -> Response:
-    return await _page(request, "benchmarks.html", "benchmarks")
+# pages whose data the browser fetches from the public API: the server renders only the layout
+for _name in ("models", "keys", "queue", "batches", "benchmarks"):
+    router.add_api_route(f"/ui/{_name}", _plain_page(_name), methods=["GET"])
 
 
 @router.get("/ui/benchmarks/compare")
