@@ -130,9 +130,14 @@ class Generation:
         req = parse(chosen, body)
         gen.check_model(req.model, principal)
         if isinstance(req, p.SamplingRequest):
-            gen.check_limits(req)
-            body, req = gen.fit(req, body)
+            body, req = gen.prepare(req, body)
         return gen, body, req
+
+    def prepare(self, req: S, body: dict[str, Any]) -> tuple[dict[str, Any], S]:
+        """The checks every sampling request passes before enqueue, wherever it was parsed (``accept``, or a
+        route that builds the request itself, as /v1/responses does): its limits, then what the model can do."""
+        self.check_limits(req)
+        return self.fit(req, body)
 
     def check_model(self, name: str, principal: Principal) -> None:
         if name not in self.svc.models:

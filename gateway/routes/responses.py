@@ -146,7 +146,7 @@ async def _translated(request: Request, gen: Generation, call: Call) -> Response
     response = skeleton(req, new_id("resp"), store=call.store)
     keep = call.keeper(passthrough=False)
     try:
-        chat, chat_req = gen.fit(chat_req, chat)  # what the model cannot do: 400 (or dropped, with drop_params)
+        chat, chat_req = gen.prepare(chat_req, chat)  # limits; what the model cannot do: 400 (or dropped)
         answer = await gen.run(request, chat_req, chat, id_prefix="chatcmpl-")
     except GatewayError as e:  # a refusal names the parameter as the caller sent it
         e.param = responses_param(e.param)
