@@ -235,12 +235,12 @@ def not_run(line: int, custom_id: str, code: str, message: str) -> LineResult:
 
 # ── feeding the batch lane ────────────────────────────────────────────────────────────────────────────
 # KEYS: 1 batch queue, 2 wake list, 3 fair hash, 4 the batch's done hash, 5 the lane's tenants hash
-# ARGV: per line (7): job id, arq job key, payload, ttl (ms), tenant, priority, line number
+# ARGV: per line (8): job id, arq job key, payload, ttl (ms), tenant, priority, line number, label (job_label)
 # Returns per line: 1 queued, 0 already queued or running, -1 finished (its result is on its way). A wake-up
 # token per line queued: each can wake a different worker.
 FEED_LUA = """
 local out, queued = {}, 0
-for i = 1, #ARGV, 7 do
+for i = 1, #ARGV, 8 do
   if redis.call('HEXISTS', KEYS[4], ARGV[i + 6]) == 1 then
     out[#out + 1] = -1
   elseif redis.call('EXISTS', ARGV[i + 1]) == 1 then
@@ -249,7 +249,7 @@ for i = 1, #ARGV, 7 do
     local score = fair_score(KEYS[3], ARGV[i + 4], tonumber(ARGV[i + 5]))
     redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'PX', ARGV[i + 3])
     redis.call('ZADD', KEYS[1], score, ARGV[i])
-    redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 4])
+    redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 7])
     out[#out + 1] = 1
     queued = queued + 1
   end
@@ -258,4 +258,4 @@ for _ = 1, queued do redis.call('LPUSH', KEYS[2], '1') end
 if queued > 0 then redis.call('PEXPIRE', KEYS[2], 60000) end
 return out
 """
-FEED_ARGS_PER_LINE: Final = 7
+FEED_ARGS_PER_LINE: Final = 8

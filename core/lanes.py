@@ -1,6 +1,7 @@
-"""Lane depths per tenant, read from the queues themselves (for ``/health`` and Prometheus).
+"""Lane depths per tenant and per model, read from the queues themselves (for ``/health`` and Prometheus).
 
-Each queue has a tenants hash (job id -> tenant) that the enqueue and feed scripts fill and the end of a job
+Each queue has a tenants hash (job id -> ``core.queue.job_label``: tenant and model) that the enqueue and feed
+scripts fill and the end of a job
 empties (core.queue.tenants_key). Counting walks the queue's entries (bounded by ``look``) and names each
 one's tenant, so a count can never drift from what is queued: a hash entry whose job left the queue by
 another path (a cancel, the reaper) only costs memory, and the same script sweeps a few such entries on every
@@ -25,7 +26,7 @@ UNKNOWN = "-"  # a queued job without a recorded tenant (queued by an older gate
 
 # KEYS: per lane three: queue zset, tenants hash, sweep cursor
 # ARGV: 1 arq's in-progress key prefix, 2 most entries to count per lane, 3 hash entries to sweep per lane
-# Returns per lane a flat list [tenant, waiting, running, ...], the lists in KEYS order.
+# Returns per lane a flat list [label, waiting, running, ...], the lists in KEYS order.
 TENANT_DEPTHS_LUA = """
 local result = {}
 for k = 1, #KEYS, 3 do
@@ -72,9 +73,20 @@ class TenantDepth:
 
 @dataclass
 class LaneTenants:
-    """Per lane, per tenant: what is waiting and running."""
+    """Per lane, per tenant and per model: what is waiting and running."""
 
     lanes: dict[str, dict[str, TenantDepth]] = field(default_factory=dict)
+    models: dict[str, dict[str, TenantDepth]] = field(default_factory=dict)  # lane -> model ("": unrecorded)
+
+    def of_model(self, model: str) -> TenantDepth:
+        """A model's jobs over every lane."""
+        out = TenantDepth()
+        for by_model in self.models.values():
+            d = by_model.get(model)
+            if d is not None:
+                out.waiting += d.waiting
+                out.running += d.running
+        return out
 
     def waiting(self, lane: str) -> int:
         return sum(d.waiting for d in self.lanes.get(lane, {}).values())
@@ -95,13 +107,23 @@ def queue_tenant_depths(pipe: Pipeline, lanes: Mapping[str, str] = q.LANES, look
     pipe.eval(TENANT_DEPTHS_LUA, len(keys), *keys, lock_prefix, str(look), str(SWEEP))
 
 
+def _add(into: dict[str, TenantDepth], name: str, waiting: int, running: int) -> None:
+    d = into.setdefault(name, TenantDepth())
+    d.waiting += waiting
+    d.running += running
+
+
 def parse(reply: list[Any], lanes: Mapping[str, str] = q.LANES) -> LaneTenants:
     out = LaneTenants()
     for lane, flat in zip(lanes, reply, strict=True):
-        out.lanes[lane] = {
-            (flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])): TenantDepth(int(flat[i + 1]),
-                                                                                           int(flat[i + 2]))
-            for i in range(0, len(flat), 3)}
+        by_tenant = out.lanes[lane] = {}
+        by_model = out.models[lane] = {}
+        for i in range(0, len(flat), 3):
+            label = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+            tenant, model = q.split_label(label)
+            waiting, running = int(flat[i + 1]), int(flat[i + 2])
+            _add(by_tenant, tenant, waiting, running)
+            _add(by_model, model, waiting, running)
     return out
 
 

@@ -47,7 +47,7 @@ INTERACTIVE_LANE = "interactive"
 BATCH_LANE = "batch"
 LANES = {INTERACTIVE_LANE: INTERACTIVE_QUEUE, BATCH_LANE: BATCH_QUEUE}  # lane name (a metric label) -> its arq queue
 FAIR_KEY_SUFFIX = ":fair"  # hash per queue: the fair-queuing clocks and places (FAIR_SCORE_LUA)
-TENANTS_KEY_SUFFIX = ":tenants"  # hash per queue: job id -> tenant, while queued (lane depths per tenant)
+TENANTS_KEY_SUFFIX = ":tenants"  # hash per queue: job id -> job_label, while queued (lane depths per tenant, model)
 PRIORITY_BAND = 10**12  # queue score = priority * PRIORITY_BAND + the job's virtual start (see FAIR_SCORE_LUA)
 ARQ_JOB_PREFIX = "arq:job:"
 # benchmark runs (docs/benchmark-runs-contract.md): what only the worker knows about a call made with a run's key,
@@ -84,6 +84,20 @@ def fair_key(queue: str) -> str:
 
 def tenants_key(queue: str) -> str:
     return queue + TENANTS_KEY_SUFFIX
+
+
+LABEL_SEP = "\t"  # neither a tenant (team or key id) nor a model name holds a tab
+
+
+def job_label(tenant: str, model: str) -> str:
+    """What the tenants hash holds for a queued job: whose it is and for which model (core.lanes counts both)."""
+    return f"{tenant}{LABEL_SEP}{model}"
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(tenant, model) of a ``job_label``; the model is "" for a label without one (an older gateway's)."""
+    tenant, _, model = label.partition(LABEL_SEP)
+    return tenant, model
 
 
 def bench_timing_key(request_id: str) -> str:
@@ -270,7 +284,8 @@ end
 
 # ── enqueue script ────────────────────────────────────────────────────────────────────────────────────
 # KEYS: 1 queue zset, 2 job key, 3 wake list, 4 output stream, 5 the lane's fair hash, 6 its tenants hash
-# ARGV: 1 job id, 2 payload, 3 tenant, 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s), 8 priority
+# ARGV: 1 job id, 2 payload, 3 tenant, 4 ttl (ms), 5 max depth, 6 refusal event, 7 output TTL (s), 8 priority,
+#       9 the job's label in the tenants hash (``job_label``: tenant and model)
 # Returns the queue depth after enqueue, -1 when the queue is full, -2 for a duplicate id (nothing queued).
 # One round trip, atomic: depth check + fair place + job + queue entry + its tenant + wake token. Job ids are unique
 # request ids, so arq's WATCH-based duplicate check is unnecessary. On refusal the script also writes the
@@ -286,7 +301,7 @@ if depth >= tonumber(ARGV[5]) then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[1], fair_score(KEYS[5], ARGV[3], tonumber(ARGV[8])), ARGV[1])
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[9])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('PEXPIRE', KEYS[3], 60000)
 return depth + 1

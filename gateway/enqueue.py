@@ -54,7 +54,8 @@ class JobQueue:
             args: list[Any] = [self.name, q.ARQ_JOB_PREFIX + spec.id, self._wake, out_key, self._fair, self._tenants,
                                spec.id,
                                q.serialize_job(spec, now_ms), spec.tenant, remaining_ms, self.max_depth,
-                               q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S, spec.priority]
+                               q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S, spec.priority,
+                               q.job_label(spec.tenant, spec.model)]
             pipe.eval(q.ENQUEUE_LUA, 6, *args)
             pipe.xread({out_key: b"0-0"}, count=1024, block=min(FIRST_READ_MS, remaining_ms))
             depth, first = await pipe.execute()

@@ -16,7 +16,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from core import leases
+from core import leases, recent
 from core import queue as q
 
 log = logging.getLogger("gatehouse.gateway")
@@ -63,9 +63,12 @@ class Reaper:
                     log.error("this gateway missed its lease and was taken for dead: requests it had queued "
                               "may have been dropped (they answer 503 gateway_lost)")
                 first = False
-                for done in await self.reap():
+                workers, gateways = await self.reap()
+                for done in (workers, gateways):
                     if done:
                         log.warning("reaped: %s", done.describe())
+                if workers.ended:
+                    await recent.note(self.redis, recent.reaped_record(workers.describe(), self.gateway_id))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - Redis down: readiness reports it; try again next beat

@@ -171,10 +171,45 @@ def test_redis_down_gives_503_not_500(tmp_path, stack) -> None:  # type: ignore[
     try:
         wait_http(f"http://127.0.0.1:{port}/health/live", procs=[proc])
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 503
+        optional = httpx.get(f"http://127.0.0.1:{port}/health/ready?workers=optional")
+        assert optional.status_code == 503 and "redis" in optional.json()["down"]  # only workers may be missing
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=_auth(stack),
                        json={"model": "echo", "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
         assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
+    finally:
+        stop_processes([proc])
+
+
+def test_ready_without_workers_only_when_asked(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
+    """A gateway with no worker: /health/ready is 503 naming "workers"; ?workers=optional (the Kubernetes probe,
+    workers scaled to zero) is 200, and a request waits in the queue instead of being refused."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT, free_port, stop_processes, wait_http
+
+    port = free_port()
+    path = tmp_path / "alone.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [{"model_name": "echo", "litellm_params": {
+        "model": "openai/echo", "api_base": stack.upstream.base_url}}], "gatehouse": {"port": port}}))
+    alone = stack.redis_url.rsplit("/", 1)[0] + "/9"  # a database no worker serves
+    env = {**os.environ, "REDIS_URL": alone, "GATEHOUSE_MASTER_KEY": stack.master_key}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/health/live", procs=[proc])
+        strict = httpx.get(base + "/health/ready")
+        assert strict.status_code == 503 and strict.json()["down"] == ["workers"], strict.text
+        optional = httpx.get(base + "/health/ready?workers=optional")
+        assert optional.status_code == 200 and optional.json()["down"] == [], optional.text
+        with pytest.raises(httpx.ReadTimeout):  # accepted and waiting: no 503, no error body
+            httpx.post(base + "/v1/chat/completions", headers=_auth(stack), timeout=1.5,
+                       json={"model": "echo", "messages": [{"role": "user", "content": "x"}]})
     finally:
         stop_processes([proc])
 
@@ -195,8 +230,9 @@ async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: igno
         calls = [asyncio.create_task(call(c, flood["key"])) for _ in range(24)]
         calls += [asyncio.create_task(call(c, small["key"])) for _ in range(3)]
         await asyncio.sleep(0.7)  # all queued; the first ones running
-        named = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["lanes"]["interactive"]
-        public = (await c.get(stack.base_url + "/health")).json()["lanes"]["interactive"]
+        named_health = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()
+        public_health = (await c.get(stack.base_url + "/health")).json()
+        named, public = named_health["lanes"]["interactive"], public_health["lanes"]["interactive"]
         assert sorted(await asyncio.gather(*calls)) == [200] * 27
         after = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["lanes"]["interactive"]
     by = named["by_tenant"]
@@ -205,3 +241,25 @@ async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: igno
     assert named["running"] >= 27  # this stack's worker runs up to 256 at once: all of them are running
     assert "by_tenant" not in public and public["tenants"] >= 2  # counted, not named
     assert not {f"key:{flood['key_id']}", "team:team-lanes"} & set(after.get("by_tenant", {}))
+    slow = next(m for m in named_health["models"] if m["id"] == "slow")  # per model, for the console's models page
+    assert slow["waiting"] + slow["running"] >= 27 and slow["running"] >= 1, slow
+    assert [d["id"] for d in slow["deployments"]] == ["slow#0"] and slow["healthy"] is True, slow
+    workers = named_health["worker_list"]  # admins: each worker's heartbeat and jobs
+    assert workers and all(w["last_heartbeat_s"] < 30 for w in workers if w["fresh"]), workers
+    assert sum(w["running"]["interactive"] for w in workers) >= 1, workers
+    assert "worker_list" not in public_health and "recent_errors" not in public_health
+
+
+async def test_health_lists_recent_errors_for_admins(stack) -> None:  # type: ignore[no-untyped-def]
+    """A job that fails upstream is in /health's recent_errors (admins only), with its request id and code."""
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(stack.base_url + "/v1/chat/completions", headers=_auth(stack),
+                         json={"model": "status-500", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502, r.text
+        request_id = r.headers["x-request-id"]
+        errors = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["recent_errors"]
+    mine = [e for e in errors if e["request_id"] == request_id]
+    assert len(mine) == 1, errors
+    e = mine[0]
+    assert e["model"] == "status-500" and e["status"] == 502 and e["code"] == "upstream_error" and e["lane"], e
+    assert e["worker"] and e["tenant"] and e["message"], e

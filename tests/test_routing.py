@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -121,6 +122,15 @@ def test_a_failing_deployment_is_cooled_down(routed: Routed) -> None:
     for _ in range(10):
         assert hi(client, "shaky") == "shaky"
     assert count(routed.b, "status-500") == 2  # and it has had no request since (cooldown_time: 120)
+    # /health (the console's models page) shows which deployment is cooling down, by id, not by address
+    health = httpx.get(routed.stack.base_url + "/health", timeout=10).json()
+    shaky = next(m for m in health["models"] if m["id"] == "shaky")
+    states = {d["id"]: d for d in shaky["deployments"]}
+    assert set(states) == {"shaky#0", "shaky#1"}, states
+    assert states["shaky#1"]["healthy"] is False and 0 < states["shaky#1"]["cooldown_s"] <= 120, states
+    assert states["shaky#0"]["healthy"] is True and states["shaky#0"]["cooldown_s"] == 0, states
+    assert shaky["healthy"] is True  # one deployment still serves
+    assert routed.b.base_url not in str(health) and routed.a.base_url not in str(health)
 
 
 def test_a_fallback_answers_and_the_response_names_it(routed: Routed) -> None:

@@ -1,12 +1,5 @@
-"""The state a model group's deployments share across workers and replicas, in Redis, and the pick that reads it.
-
-Per deployment (its id from ``core.routing``):
-
-    gatehouse:route:busy:<id>             sorted set: job attempt -> lease end (ms); its size is the in-flight count
-    gatehouse:route:rpm:<id>:<minute>     requests started in that minute
-    gatehouse:route:tpm:<id>:<minute>     tokens used in that minute
-    gatehouse:route:fails:<id>            failures in the current window (expires a minute after the first)
-    gatehouse:route:cooldown:<id>         present while the deployment is cooled down (expires by itself)
+"""The pick that reads a model group's shared routing state in Redis, and the release that writes it (the key
+layout: ``core.routestate``).
 
 In-flight counts are leases, not counters: a worker that dies mid-job cannot leave a deployment looking busy
 forever, its leases end at the job's deadline. One Lua call picks and acquires (no two replicas can both take a
@@ -26,12 +19,12 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from core.queue import JobSpec
+from core.routestate import busy_key, cooldown_key, fails_key, rpm_key, tpm_key
 from core.routing import Deployment, RouterSettings
 from workers.backends import BackendError
 
 log = logging.getLogger("gatehouse.worker")
 
-KEY_PREFIX = "gatehouse:route:"
 FAIL_WINDOW_MS = 60_000
 MINUTE_KEY_TTL_MS = 120_000
 LEASE_MARGIN_S = 30.0  # a lease outlives its job's deadline by this much
@@ -118,26 +111,6 @@ if failure == 2 or fails > tonumber(ARGV[4]) then
 end
 return 0
 """
-
-
-def busy_key(deployment_id: str) -> str:
-    return f"{KEY_PREFIX}busy:{deployment_id}"
-
-
-def rpm_key(deployment_id: str, minute: int) -> str:
-    return f"{KEY_PREFIX}rpm:{deployment_id}:{minute}"
-
-
-def tpm_key(deployment_id: str, minute: int) -> str:
-    return f"{KEY_PREFIX}tpm:{deployment_id}:{minute}"
-
-
-def fails_key(deployment_id: str) -> str:
-    return f"{KEY_PREFIX}fails:{deployment_id}"
-
-
-def cooldown_key(deployment_id: str) -> str:
-    return f"{KEY_PREFIX}cooldown:{deployment_id}"
 
 
 def fails_deployment(e: BackendError) -> bool:

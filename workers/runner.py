@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from core import queue as q
+from core import recent
 from core.queue import JobSpec
 from observability.calls import CallRecord, Status
 from observability.jobs import JobObserver
@@ -218,6 +219,10 @@ async def _end(state: WorkerState, spec: JobSpec, writer: EventWriter, call: Cal
     if failure is not None:
         final = [*final, failure.event()]
     state.observer.finish(call, status, failure.as_dict() if failure is not None else None)
+    if failure is not None and status != "cancelled":
+        state.failures[job_id] = recent.error_record(request_id=job_id, model=spec.model, lane=call.lane,
+                                                     tenant=spec.tenant, worker=call.worker_id,
+                                                     error=failure.as_dict())
     if status == "cancelled":
         state.observer.trace(call)  # nobody waits for this answer: trace it now
     elif state.observer.traced(call):

@@ -26,6 +26,8 @@ class WorkerState:
     finished_calls: dict[str, CallRecord] = field(default_factory=dict)
     # job id -> its benchmark timing record (JobSpec.bench_run), written by GatehouseWorker.finish_job with its events
     bench_timings: dict[str, bytes] = field(default_factory=dict)
+    # job id -> its failure for the recent-errors list (core.recent), written by GatehouseWorker.finish_job too
+    failures: dict[str, bytes] = field(default_factory=dict)
 
 
 def state_of(ctx: dict[str, Any]) -> WorkerState:

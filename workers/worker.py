@@ -30,7 +30,7 @@ from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from core import leases
+from core import leases, recent
 from core import queue as q
 from core.batches import RESULTS_STREAM, done_key, parse_line_job
 from workers.events import EventWriter
@@ -281,15 +281,18 @@ class GatehouseWorker(Worker):
         state = self.state
         events = state.final_events.pop(job_id, None)
         timing = state.bench_timings.pop(job_id, None) if state.bench_timings else None
+        failure = state.failures.pop(job_id, None) if state.failures else None
         try:
             await self._finish_job(job_id, events, finish, result_data, result_timeout_s, keep_result_forever,
-                                   incr_score, keep_in_progress, timing)
+                                   incr_score, keep_in_progress, timing, failure)
             self._batch_jobs.discard(job_id)
         except q.REDIS_DOWN:
             if events is not None:  # kept for the retry once Redis is back (run_job: _unfinished), not dropped
                 state.final_events[job_id] = events
             if timing is not None:
                 state.bench_timings[job_id] = timing
+            if failure is not None:
+                state.failures[job_id] = failure
             raise
         finally:
             call = state.finished_calls.pop(job_id, None)
@@ -298,11 +301,14 @@ class GatehouseWorker(Worker):
 
     async def _finish_job(self, job_id: str, events: list[bytes] | None, finish: bool, result_data: bytes | None,
                           result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
-                          keep_in_progress: float | None, timing: bytes | None = None) -> None:
+                          keep_in_progress: float | None, timing: bytes | None = None,
+                          failure: bytes | None = None) -> None:
         running = q.running_key(self.worker_id)
         if not finish or result_data is not None or keep_in_progress is not None:
             if timing is not None:
                 await self.pool.set(q.bench_timing_key(job_id), timing, ex=q.BENCH_TIMING_TTL_S)
+            if failure is not None:
+                await recent.note(self.pool, failure)
             if events:
                 await EventWriter(self.pool, job_id).write(events)
             await super().finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever,
@@ -314,6 +320,9 @@ class GatehouseWorker(Worker):
         async with self.pool.pipeline(transaction=True) as tr:
             if timing is not None:  # a benchmark call's timing record: there before its client reads the end
                 tr.set(q.bench_timing_key(job_id), timing, ex=q.BENCH_TIMING_TTL_S)
+            if failure is not None:  # for operators: the recent-errors list (core.recent)
+                tr.lpush(recent.ERRORS_KEY, failure)
+                tr.ltrim(recent.ERRORS_KEY, 0, recent.KEEP - 1)
             if line is not None:  # a batch line: its result goes to the batch runner, with the line marked done
                 if events:
                     tr.xadd(RESULTS_STREAM, {b"j": job_id, q.EVENT_FIELD: q.pack_events(events)})
@@ -353,6 +362,8 @@ class GatehouseWorker(Worker):
                 done = leases.reaped(await self._reap(keys=leases.reap_keys(self.queue_name), args=leases.reap_args()))
                 if done:
                     log.warning("reaped: %s", done.describe())
+                    if done.ended:
+                        await recent.note(self.pool, recent.reaped_record(done.describe(), self.worker_id))
                 gone = leases.gateways_reaped(await self._reap_gateways(
                     keys=leases.gateway_reap_keys(self.queue_name), args=leases.gateway_reap_args()))
                 if gone:

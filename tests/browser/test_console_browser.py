@@ -270,8 +270,16 @@ def test_upload_a_batch_and_watch_it_complete(page: Page, stack: Stack, tmp_path
 
 # ── benchmarks ─────────────────────────────────────────────────────────────────────────────────────────────
 def test_open_a_benchmark_run_and_see_its_plots(page: Page, stack: Stack) -> None:
-    run_id = submit_run(stack)
-    assert wait_status(stack, f"/v1/benchmarks/{run_id}")["status"] == "completed"
+    """A scored sweep: every plot of ``gatehouse bench report`` is drawn (CDFs, TTFT percentiles, throughput,
+    throughput vs latency per level, score per model)."""
+    suite = {"name": "browser-sweep", "items": [
+        {"id": "hit", "prompt": "hello there", "expected": "hello", "scorer": "contains"},
+        {"id": "miss", "prompt": "and again", "expected": "nowhere", "scorer": "contains"}]}
+    r = api(stack, "POST", "/v1/benchmarks", json={"suite": suite, "models": ["echo"], "sweep": [1, 2]})
+    assert r.status_code == 200, r.text
+    run_id = str(r.json()["id"])
+    run = wait_status(stack, f"/v1/benchmarks/{run_id}")
+    assert run["status"] == "completed" and run["models_summary"]["echo"]["score"] == 0.5, run
     signed_in(page, stack.master_key)
     page.goto("/ui/benchmarks")
     row = page.locator(f"table#runs tr[data-run-id='{run_id}']")
@@ -281,6 +289,10 @@ def test_open_a_benchmark_run_and_see_its_plots(page: Page, stack: Stack) -> Non
     page.wait_for_url(f"**/ui/benchmarks/{run_id}")
     charts = page.locator("canvas.chart")
     expect(charts.first).to_be_visible()
+    assert charts.count() == 6
+    expect(page.locator("#box-sweep")).to_be_visible()
+    expect(page.locator("#box-score")).to_be_visible()
+    expect(page.locator("ul#plot-notes li")).to_have_count(0)
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box and box["width"] > 0 and box["height"] > 0, (i, box)
@@ -289,6 +301,7 @@ def test_open_a_benchmark_run_and_see_its_plots(page: Page, stack: Stack) -> Non
         assert time.monotonic() < deadline, f"canvas.chart number {blank} stays blank"
         time.sleep(0.2)
     expect(page.locator("body")).to_contain_text("echo")
+    screenshot(page, "benchmark-run-plots")
 
 
 # ── what a virtual key sees ────────────────────────────────────────────────────────────────────────────────
@@ -302,6 +315,7 @@ def test_a_virtual_key_sees_only_its_own(page: Page, stack: Stack) -> None:
     wait_status(stack, f"/v1/benchmarks/{bob_run}")
 
     signed_in(page, bob["key"])
+    expect(page.locator("select#model option")).not_to_have_count(0)  # filled from GET /v1/models
     options = page.locator("select#model option").evaluate_all("os => os.map(o => o.value)")
     assert set(options) == {"echo"}, f"the playground offers models the key may not use: {options}"
     page.goto("/ui/batches")
@@ -354,6 +368,36 @@ def test_the_queue_page_refreshes_itself(page: Page, stack: Stack) -> None:
     page.evaluate("() => { window.__sameDocument = true; }")
     expect(updated).not_to_have_text(first, timeout=6_000)
     assert page.evaluate("() => window.__sameDocument") is True, "the page was reloaded, not refreshed"
+
+
+def test_the_queue_page_shows_workers_and_recent_errors(page: Page, stack: Stack) -> None:
+    """An upstream failure (``status-500``: the fake upstream answers 500) lands in the recent errors; each worker
+    is listed with its heartbeat."""
+    r = api(stack, "POST", "/v1/chat/completions",
+            json={"model": "status-500", "messages": [{"role": "user", "content": "fail please"}]})
+    assert r.status_code >= 500, r.text
+    request_id = r.headers.get("x-request-id")
+    signed_in(page, stack.master_key)
+    page.goto("/ui/queue")
+    expect(page.locator("table#worker-list tr[data-worker]").first).to_be_visible()
+    assert page.locator("table#worker-list tr[data-fresh='true']").count() >= 1
+    errors = page.locator("table#recent-errors")
+    expect(errors).to_contain_text("status-500")
+    if request_id:
+        expect(errors).to_contain_text(request_id)
+    screenshot(page, "queue-errors")
+
+
+def test_the_models_page_shows_health_and_counts(page: Page, stack: Stack) -> None:
+    signed_in(page, stack.master_key)
+    page.goto("/ui/models")
+    row = page.locator("table#models tr[data-model='echo']")
+    expect(row).to_have_count(1)
+    expect(row.locator("td.health")).to_have_text("healthy")
+    expect(row.locator("td.queued")).to_have_text(re.compile(r"^\d+$"))
+    expect(row.locator("td.in-flight")).to_have_text(re.compile(r"^\d+$"))
+    expect(row.locator("li[data-deployment]")).to_have_count(1)
+    screenshot(page, "models")
 
 
 # ── every page: CSP, no violation, no script error, nothing from elsewhere ────────────────────────────────

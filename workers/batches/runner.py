@@ -336,7 +336,8 @@ class BatchRunner:
         for ln in lines:
             job_id = b.line_job_id(batch.id, ln.line)
             args += [job_id, q.ARQ_JOB_PREFIX + job_id, self._payload(batch, ln, job_id, deadline, now),
-                     int(self.settings.request_timeout_s * 1000), batch.tenant, batch.priority, ln.line]
+                     int(self.settings.request_timeout_s * 1000), batch.tenant, batch.priority, ln.line,
+                     q.job_label(batch.tenant, ln.model)]
         keys = [q.BATCH_QUEUE, q.wake_key(q.INTERACTIVE_QUEUE), q.fair_key(q.BATCH_QUEUE), b.done_key(batch.id),
                 q.tenants_key(q.BATCH_QUEUE)]
         await self._feed(keys=keys, args=args)

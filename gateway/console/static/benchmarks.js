@@ -1,5 +1,6 @@
-/* Benchmarks: the runs list (GET /v1/benchmarks), one run's per-model table and plots (GET /v1/benchmarks/{id}
-   and /results: TTFT and end-to-end CDFs, throughput per model), and two runs side by side. */
+/* Benchmarks: the runs list (GET /v1/benchmarks), one run's per-model table and the plots of `gatehouse bench
+   report` (GET /v1/benchmarks/{id} and /results: TTFT and end-to-end CDFs, TTFT p50/p90/p99 and throughput per
+   model, throughput vs latency per load level for a sweep, score per model), and two runs side by side. */
 (function () {
   "use strict";
   const GH = window.GH;
@@ -69,6 +70,50 @@
       options: { plugins: { title: { display: true, text: "throughput (output tokens/s)" } } } });
   }
 
+  function ttftPercentiles(canvas, models) {
+    const names = Object.keys(models);
+    GH.chart(canvas, { type: "bar",
+      data: { labels: names, datasets: ["p50", "p90", "p99"].map(function (q) {
+        return { label: q, data: names.map(function (m) { const d = models[m].ttft_ms; return d && d[q] !== undefined ? d[q] : null; }) };
+      }) },
+      options: { plugins: { title: { display: true, text: "TTFT per model (ms)" } } } });
+  }
+
+  /* "c=4" / "rate=2.5" -> its number, for load order. */
+  function levelNumber(label) { const m = /([0-9.]+)/.exec(label); return m ? parseFloat(m[1]) : 0; }
+
+  /* Throughput vs end-to-end p50, one line per model through its load levels (a sweep); false if one level. */
+  function sweepChart(canvas, summary) {
+    const models = Object.keys(summary || {});
+    if (!models.some(function (m) { return Object.keys(summary[m]).length > 1; })) return false;
+    GH.chart(canvas, { type: "scatter",
+      data: { datasets: models.map(function (m) {
+        const levels = Object.keys(summary[m]).sort(function (a, b) { return levelNumber(a) - levelNumber(b); });
+        return { label: m, showLine: true, data: levels.map(function (l) {
+          const a = summary[m][l];
+          return { x: a.e2e_ms ? a.e2e_ms.p50 : null, y: a.output_tokens_per_s, level: l };
+        }).filter(function (p) { return typeof p.x === "number" && typeof p.y === "number"; }) };
+      }) },
+      options: { plugins: { title: { display: true, text: "throughput vs latency per load level" },
+                            tooltip: { callbacks: { label: function (ctx) {
+                              return ctx.dataset.label + " " + ctx.raw.level + ": " + GH.fmt(ctx.raw.y, 1) + " tok/s at " +
+                                GH.fmt(ctx.raw.x, 0) + " ms"; } } } },
+                 scales: { x: { title: { display: true, text: "end-to-end p50 (ms)" } },
+                           y: { title: { display: true, text: "output tokens/s" } } } } });
+    return true;
+  }
+
+  /* Mean score per model; false when no request was scored. */
+  function scoreChart(canvas, models) {
+    const names = Object.keys(models).filter(function (m) { return typeof models[m].score === "number"; });
+    if (!names.length) return false;
+    GH.chart(canvas, { type: "bar",
+      data: { labels: names, datasets: [{ label: "score", data: names.map(function (m) { return models[m].score; }) }] },
+      options: { plugins: { title: { display: true, text: "score per model (mean of scored items)" } },
+                 scales: { y: { beginAtZero: true, suggestedMax: 1 } } } });
+    return true;
+  }
+
   function summaryRows(tbody, models) {
     tbody.replaceChildren();
     Object.keys(models).forEach(function (m) {
@@ -89,7 +134,18 @@
       summaryRows(document.querySelector("#run-models tbody"), run.models_summary || {});
       cdfChart(document.getElementById("chart-ttft"), cdfDatasets(rows, "ttft_ms"), "TTFT CDF");
       cdfChart(document.getElementById("chart-e2e"), cdfDatasets(rows, "e2e_ms"), "end-to-end latency CDF");
+      ttftPercentiles(document.getElementById("chart-ttft-pct"), run.models_summary || {});
       throughputChart(document.getElementById("chart-throughput"), [{ label: runId, models: run.models_summary || {} }]);
+      const notes = document.getElementById("plot-notes");
+      notes.replaceChildren();
+      document.getElementById("box-sweep").hidden = false;  // drawn visible: Chart.js sizes to its box
+      document.getElementById("box-score").hidden = false;
+      const swept = sweepChart(document.getElementById("chart-sweep"), run.summary);
+      document.getElementById("box-sweep").hidden = !swept;
+      if (!swept) notes.append(GH.el("li", {}, "Throughput vs latency: the run has one load level (a --sweep run has several)."));
+      const scored = scoreChart(document.getElementById("chart-score"), run.models_summary || {});
+      document.getElementById("box-score").hidden = !scored;
+      if (!scored) notes.append(GH.el("li", {}, "Score per model: no request was scored."));
     } catch (e) {
       GH.flash("Could not load run " + runId + ": " + e.message);
     }

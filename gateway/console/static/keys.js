@@ -51,31 +51,51 @@
     }
   }
 
+  const WHO = { key: function (r) { return r.key_id || "master"; }, team: function (r) { return r.team_id || "no team"; },
+                model: function (r) { return r.model; } };
+
+  /* Every day in the range, oldest first (days without spend are drawn as 0, not skipped). */
+  function dayRange(days) {
+    const out = [];
+    const today = new Date();
+    for (let i = days - 1; i >= 0; i--) {
+      const d = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i));
+      out.push(d.toISOString().slice(0, 10));
+    }
+    return out;
+  }
+
+  /* Spend per day, one line per key, team or model (the "Per" choice), from GET /spend/daily. */
   async function loadSpend() {
     const byKey = {};
+    const by = document.getElementById("spend-by").value;
+    const days = parseInt(document.getElementById("spend-days").value, 10);
     let rows = [];
+    let total = 0;
     try {
-      rows = (await GH.api("/spend/daily?days=30")).data || [];
+      const page = await GH.api("/spend/daily?days=" + days);
+      rows = page.data || [];
+      total = page.total_cost || 0;
     } catch (e) {
       if (e.status !== 403) GH.flash("Spend unavailable: " + e.message);
     }
-    const days = [];
+    const labels = dayRange(days);
     const series = {};
     rows.forEach(function (r) {
-      const who = r.key_id || "master";
-      byKey[who] = (byKey[who] || 0) + r.cost;
-      if (!days.includes(r.day)) days.push(r.day);
-      const name = who + " · " + r.model;
+      byKey[r.key_id || "master"] = (byKey[r.key_id || "master"] || 0) + r.cost;
+      const name = WHO[by](r);
       series[name] = series[name] || {};
       series[name][r.day] = (series[name][r.day] || 0) + r.cost;
     });
-    days.sort();
+    document.getElementById("spend-total").textContent = "$" + total.toFixed(6);
     GH.chart(document.getElementById("spend"), {
-      type: "bar",
-      data: { labels: days, datasets: Object.keys(series).map(function (name) {
-        return { label: name, data: days.map(function (d) { return series[name][d] || 0; }) };
+      type: "line",
+      data: { labels: labels, datasets: Object.keys(series).sort().map(function (name) {
+        return { label: name, data: labels.map(function (d) { return series[name][d] || 0; }), tension: 0.2,
+                 pointRadius: 2 };
       }) },
-      options: { scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: "USD" } } } },
+      options: { plugins: { title: { display: true, text: "USD per day, per " + by } },
+                 scales: { y: { beginAtZero: true, title: { display: true, text: "USD" } } } },
     });
     return byKey;
   }
@@ -117,6 +137,9 @@
   GH.onReady(function () {
     const form = document.getElementById("create-key");
     if (form) form.addEventListener("submit", createKey);
+    ["spend-by", "spend-days"].forEach(function (id) {
+      document.getElementById(id).addEventListener("change", function () { loadSpend(); });
+    });
     refresh();
   });
 })();

@@ -1,29 +1,79 @@
-/* Models: GET /v1/models (what this key may use) with the backend and scaling state from GET /health. */
+/* Models: GET /v1/models (what this key may use) joined with GET /health: per model its backend, health (cooldowns
+   of its deployments), jobs queued and in flight, each deployment's routing state, and the hybrid scaling state of
+   Modal apps that workers report (seed 004). Refreshes every 5 s. */
 (function () {
   "use strict";
   const GH = window.GH;
 
-  GH.onReady(async function () {
-    try {
-      const [list, health] = await Promise.all([GH.api("/v1/models"), GH.api("/health")]);
-      const backends = {};
-      (health.models || []).forEach(function (m) { backends[m.id] = m.backend; });
-      document.getElementById("health-status").textContent = health.status;
-      document.getElementById("health-workers").textContent = health.workers;
-      const scaling = health.scaling || {};
-      const tbody = document.querySelector("#models tbody");
-      tbody.replaceChildren();
-      list.data.forEach(function (m) {
-        const states = Object.keys(scaling).map(function (w) {
-          const s = scaling[w] && (scaling[w][m.id] || (scaling[w].apps && scaling[w].apps[m.id]));
-          return s ? JSON.stringify(s) : null;
-        }).filter(Boolean);
-        tbody.append(GH.el("tr", { dataset: { model: m.id } }, GH.el("td", {}, m.id),
-          GH.el("td", {}, backends[m.id] || "—"), GH.el("td", {}, m.owned_by || "—"),
-          GH.el("td", {}, states.length ? states.join("; ") : "—")));
+  function health(m) {
+    if (!m) return "—";
+    const cooled = (m.deployments || []).filter(function (d) { return d.healthy === false; }).length;
+    if (m.healthy === undefined) return "unknown";
+    if (!m.healthy) return "cooling down";
+    return cooled ? "degraded (" + cooled + " cooling down)" : "healthy";
+  }
+
+  function deploymentText(d) {
+    if (d.in_flight === undefined) return d.id;
+    return d.id + ": " + d.in_flight + " · " + (d.cooldown_s > 0 ? GH.fmt(d.cooldown_s, 0) + " s" : "—") + " · " +
+      d.recent_failures;
+  }
+
+  function modelRows(list, byId) {
+    const tbody = document.querySelector("#models tbody");
+    tbody.replaceChildren();
+    list.data.forEach(function (entry) {
+      const m = byId[entry.id];
+      const deps = GH.el("ul", { class: "deployments" });
+      ((m && m.deployments) || []).forEach(function (d) {
+        deps.append(GH.el("li", { dataset: { deployment: d.id, healthy: String(d.healthy !== false) } },
+                          deploymentText(d)));
       });
+      tbody.append(GH.el("tr", { dataset: { model: entry.id } }, GH.el("td", {}, entry.id),
+        GH.el("td", {}, (m && m.backend) || "—"), GH.el("td", { class: "health" }, health(m)),
+        GH.el("td", { class: "queued" }, m && m.waiting !== undefined ? m.waiting : "—"),
+        GH.el("td", { class: "in-flight" }, m && m.running !== undefined ? m.running : "—"), GH.el("td", {}, deps)));
+    });
+  }
+
+  function scalingRows(scaling) {
+    const tbody = document.querySelector("#scaling tbody");
+    tbody.replaceChildren();
+    Object.keys(scaling).forEach(function (worker) {
+      const report = scaling[worker] || {};
+      const conf = report.configuration || {};
+      Object.keys(report.scaling || {}).forEach(function (app) {
+        const s = report.scaling[app];
+        const extended = conf.base_warm_time !== undefined && s.scaledown_window > conf.base_warm_time;
+        tbody.append(GH.el("tr", { dataset: { app: app } }, GH.el("td", {}, app), GH.el("td", {}, worker),
+          GH.el("td", {}, s.scaledown_window + " s"),
+          GH.el("td", {}, extended ? "extended (+" + conf.extension_time + " s: recent activity)" : "base"),
+          GH.el("td", {}, s.recent_requests + " / " + s.total_requests),
+          GH.el("td", {}, s.seconds_since_last_request === null ? "never" : GH.fmt(s.seconds_since_last_request, 0) + " s ago"),
+          GH.el("td", {}, conf.max_containers === undefined ? "—" : conf.max_containers)));
+      });
+    });
+    document.getElementById("modal-apps").hidden = !tbody.children.length;
+  }
+
+  async function refresh() {
+    try {
+      const [list, h] = await Promise.all([GH.api("/v1/models"), GH.api("/health")]);
+      const byId = {};
+      (h.models || []).forEach(function (m) { byId[m.id] = m; });
+      document.getElementById("health-status").textContent = h.status;
+      document.getElementById("health-workers").textContent = h.workers;
+      modelRows(list, byId);
+      scalingRows(h.scaling || {});
+      GH.flash("");
     } catch (e) {
       GH.flash("Could not list models: " + e.message);
     }
+    document.getElementById("updated").textContent = new Date().toLocaleTimeString();
+  }
+
+  GH.onReady(function () {
+    refresh();
+    window.setInterval(refresh, 5000);
   });
 })();

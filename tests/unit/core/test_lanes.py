@@ -44,7 +44,7 @@ async def test_departed_jobs_are_swept_and_an_empty_lane_forgets(r: aioredis.Red
     await r.zrem(keys.queue, "j0", "j1")  # e.g. cancelled by the gateway, reaped: the hash still names them
     depths = await lanes.tenant_depths(r, lanes_of(keys))
     assert shown(depths)["interactive"] == {"t": (1, 0)}  # counted from the queue, never from the hash
-    assert await r.hgetall(tenants) == {b"j2": b"t"}  # the sweep dropped the departed ones
+    assert await r.hgetall(tenants) == {b"j2": b"t\tm"}  # the sweep dropped the departed ones
     await r.zrem(keys.queue, "j2")
     assert shown(await lanes.tenant_depths(r, lanes_of(keys)))["interactive"] == {}
     assert await r.exists(tenants, tenants + ":sweep") == 0
@@ -63,3 +63,17 @@ async def test_a_running_job_is_one_holding_arqs_lock(r: aioredis.Redis, keys: K
     await r.set(*args, px=5_000)
     assert shown(await lanes.tenant_depths(r, lanes_of(keys)))["interactive"] == {"t": (0, 1)}
     await r.delete(in_progress_key_prefix + "x")
+
+
+async def test_depths_per_model_over_both_lanes(r: aioredis.Redis, keys: Keys) -> None:  # noqa: F811
+    for i in range(3):
+        await enqueue(r, keys, f"c{i}", tenant="team:a", model="chargpt")
+    await enqueue(r, keys, "q0", tenant="key:b", model="qgpt")
+    await enqueue(r, keys, "line0", tenant="key:b", model="chargpt", queue=keys.batch)
+    await claim(r, keys, want=1, batch_room=0)  # c0 runs
+    depths = await lanes.tenant_depths(r, lanes_of(keys), lock_prefix=keys.lock_prefix)
+    models = {lane: {m: (d.waiting, d.running) for m, d in by.items()} for lane, by in depths.models.items()}
+    assert models == {"interactive": {"chargpt": (2, 1), "qgpt": (1, 0)}, "batch": {"chargpt": (1, 0)}}
+    both = depths.of_model("chargpt")
+    assert (both.waiting, both.running) == (3, 1)
+    assert shown(depths)["interactive"] == {"team:a": (2, 1), "key:b": (1, 0)}  # tenants as before

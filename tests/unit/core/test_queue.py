@@ -202,13 +202,13 @@ def keys() -> Keys:
 
 async def enqueue(r: aioredis.Redis, k: Keys, job_id: str, *, max_depth: int = 10, tenant: str = "t",
                   priority: int = 128, ttl_ms: int = 30_000, payload: bytes | None = None,
-                  queue: str | None = None) -> int:
+                  queue: str | None = None, model: str = "m") -> int:
     queue = queue or k.queue
     payload = payload if payload is not None else q.serialize_job(spec(id=job_id), 1_000)
     args: list[Any] = [queue, k.job(job_id), q.wake_key(queue), k.out(job_id), q.fair_key(queue),  # KEYS
                        q.tenants_key(queue),
                        job_id, payload, tenant, ttl_ms, max_depth, q.QUEUE_FULL_EVENT, q.OUTPUT_TTL_S,
-                       priority]  # ARGV, as the gateway sends them
+                       priority, q.job_label(tenant, model)]  # ARGV, as the gateway sends them
     return int(await r.eval(q.ENQUEUE_LUA, 6, *args))
 
 
@@ -251,7 +251,7 @@ async def test_enqueue_writes_job_queue_entry_and_wake_token(r: aioredis.Redis, 
     assert await r.zrange(keys.queue, 0, -1, withscores=True) == [(b"a", 128.0 * BAND), (b"b", 128.0 * BAND + 1)]
     assert await r.llen(keys.wake) == 2 and 0 < await r.pttl(keys.wake) <= 60_000
     assert await r.exists(keys.out("a")) == 0  # accepted: nothing written for the reader yet
-    assert await r.hgetall(q.tenants_key(keys.queue)) == {b"a": b"t", b"b": b"t"}  # whose each job is
+    assert await r.hgetall(q.tenants_key(keys.queue)) == {b"a": b"t\tm", b"b": b"t\tm"}  # whose, for which model
 
 
 async def test_enqueue_refuses_when_full_and_tells_the_reader(r: aioredis.Redis, keys: Keys) -> None:

@@ -20,7 +20,8 @@ from core.routing import NO_ORDER, Deployment, RouterSettings
 from observability.jobs import JobObserver
 from unit.workers.fake_backend import FakeBackend
 from workers.backends import Backend, BackendError, Backends
-from workers.balancer import ALL_COOLED, Balancer, cooldown_key
+from core.routestate import cooldown_key
+from workers.balancer import ALL_COOLED, Balancer
 from workers.routing import Group, Route, build_routes, is_context_window
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState
