@@ -16,15 +16,15 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 
 from core import leases
 from core import queue as q
+from core.redis_client import RedisTarget, sync_client
 
 log = logging.getLogger("gatehouse.up")
 
 
-def clear_interactive_jobs(redis_url: str) -> int:
+def clear_interactive_jobs(target: RedisTarget) -> int:
     """Drop every interactive job left in Redis by an earlier run (their clients are gone), and the leases
     of that run's workers. Only for a Redis this process owns: nothing else can be using it yet."""
-    r = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
+    with sync_client(target, socket_timeout=5) as r:
         ids = [i.decode() for i in cast("list[bytes]", r.zrange(q.INTERACTIVE_QUEUE, 0, -1))]
         stale = [*(p + i for i in ids for p in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)),
                  *(k.decode() for k in r.scan_iter(match=q.RUNNING_KEY_PREFIX + "*", count=1000))]
@@ -33,25 +33,25 @@ def clear_interactive_jobs(redis_url: str) -> int:
         if ids:
             log.info("dropped %d interactive job(s) left by an earlier run", len(ids))
         return len(ids)
-    finally:
-        r.close()
 
 
-def settle_dead_worker(redis_url: str, pid: int) -> leases.Reaped | None:
+def settle_dead_worker(target: RedisTarget, pid: int) -> leases.Reaped | None:
     """Settle the jobs of the worker process ``pid`` (on this host) that just died: re-queued if they had
     produced nothing, else ended with ``502 worker_lost``. None when Redis is not reachable (the lease does it)."""
     mark = f"{socket.gethostname()}:{pid}:"
-    r = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        ids = [w.decode() for w in cast("list[bytes]", r.zrange(q.WORKERS_KEY, 0, -1))]
-        reap = r.register_script(leases.REAP_LUA)
-        total = leases.Reaped()
-        for worker_id in (w for w in ids if w.startswith(mark)):
-            total += leases.reaped(cast("list[int]", reap(keys=leases.reap_keys(q.INTERACTIVE_QUEUE),
-                                                          args=leases.reap_args(worker_id=worker_id))))
-        return total
+        with sync_client(target, socket_timeout=2, socket_connect_timeout=2) as r:
+            return _settle(r, mark)
     except q.REDIS_DOWN as e:
         log.debug("could not settle the dead worker's jobs: %s", type(e).__name__)
         return None
-    finally:
-        r.close()
+
+
+def _settle(r: redis.Redis, mark: str) -> leases.Reaped:
+    ids = [w.decode() for w in cast("list[bytes]", r.zrange(q.WORKERS_KEY, 0, -1))]
+    reap = r.register_script(leases.REAP_LUA)
+    total = leases.Reaped()
+    for worker_id in (w for w in ids if w.startswith(mark)):
+        total += leases.reaped(cast("list[int]", reap(keys=leases.reap_keys(q.INTERACTIVE_QUEUE),
+                                                      args=leases.reap_args(worker_id=worker_id))))
+    return total

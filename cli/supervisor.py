@@ -29,6 +29,9 @@ from rich.console import Console
 from cli.embedded import EmbeddedPostgres, EmbeddedValkey, ensure_master_key, guarded, own_session
 from cli.redis_ops import clear_interactive_jobs, settle_dead_worker
 from core.config import WARNED_ENV, Config
+from core.redis_client import RedisTarget
+from core.redis_client import target as redis_target
+from core.redis_url import redis_target as parse_redis_url
 from observability.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("gatehouse.up")
@@ -90,7 +93,8 @@ class Supervisor:
         self.stopping = False
         self.metrics_dir = Path(".gatehouse/metrics")
         self.valkey_restarts = Child("valkey", [], {})  # restart bookkeeping for the embedded Valkey
-        self.redis_url = ""
+        # where dead workers' jobs are settled: the embedded Valkey, or redis_url with its TLS settings
+        self.redis: RedisTarget | None = None
 
     def _start_servers(self, data_dir: Path) -> tuple[str, str]:
         s = self.config.settings
@@ -98,7 +102,10 @@ class Supervisor:
         if not redis_url:
             self.valkey = EmbeddedValkey(data_dir)
             redis_url = self.valkey.start()
-            clear_interactive_jobs(redis_url)  # their clients left with the previous run
+            self.redis = parse_redis_url(redis_url)
+            clear_interactive_jobs(self.redis)  # their clients left with the previous run
+        else:
+            self.redis = redis_target(s)
         if not db_url:
             self.postgres = EmbeddedPostgres(data_dir)
             db_url = self.postgres.start()
@@ -138,7 +145,6 @@ class Supervisor:
                 self.console.print(f"[red]could not start the embedded servers: {type(e).__name__}: {e}[/red]",
                                    highlight=False)
                 return 1
-            self.redis_url = redis_url
             env = self._child_env(redis_url, db_url, master_key)
             exe = [sys.executable, "-m", "cli"]
             self.children = [Child("gateway", [*exe, "serve"], env)]
@@ -220,8 +226,8 @@ class Supervisor:
                     return 1
                 if c.proc is not None:
                     mark_process_dead(c.proc.pid, str(self.metrics_dir))
-                    if c.name != "gateway":  # its clients need not wait for its lease to run out
-                        done = settle_dead_worker(self.redis_url, c.proc.pid)
+                    if c.name != "gateway" and self.redis is not None:  # its clients need not wait for its lease
+                        done = settle_dead_worker(self.redis, c.proc.pid)
                         if done is not None and (done.requeued or done.ended):
                             log.warning("%s's jobs: %d re-queued, %d ended (worker_lost)", c.name, done.requeued,
                                         done.ended)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from core.redis_url import RedisConfigError
+from core.redis_url import check_settings as check_redis_settings
 from core.routing import ROUTER_KEYS, Deployment, RouterSettings, deployment_of, router_section, unhonoured_keys
 from core.settings import EnvFirstSettings, JwtSettings, MetricsSettings, ModalSettings, TeamLimits, TracingSettings
 
@@ -127,6 +129,16 @@ class GatehouseSettings(EnvFirstSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("GATEHOUSE_DATABASE_URL", "DATABASE_URL", "database_url")
     )
+    # TLS to an external Redis/Valkey (a rediss:// or rediss+sentinel:// redis_url; docs/external-services.md).
+    # redis-py's query parameters in redis_url (ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs,
+    # ssl_check_hostname) do the same; where both name an option they must agree. Checked at start-up.
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None  # a client certificate: with redis_tls_key_file
+    redis_tls_key_file: Path | None = None
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] | None = None  # default required
+    redis_tls_check_hostname: bool | None = None  # default: true unless cert_reqs is none
+    # PostgreSQL's CA: database_url's sslrootcert (sslmode verify-full unless the URL names another)
+    database_ssl_root_cert: Path | None = None
     workers: int = Field(default=1, ge=1, le=64)
     worker_concurrency: int = Field(default=256, ge=1, le=10_000)
     queue_max_depth: int = Field(default=2_000, ge=1)
@@ -164,7 +176,8 @@ class GatehouseSettings(EnvFirstSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
-    @field_validator("master_key", mode="before")
+    @field_validator("master_key", "redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file",
+                     "redis_tls_cert_reqs", "redis_tls_check_hostname", "database_ssl_root_cert", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # GATEHOUSE_MASTER_KEY= (e.g. compose's ${VAR:-}) means "not set"
@@ -362,4 +375,21 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
     if not cfg.model_list:
         raise ConfigError(f"{where}model_list: must name at least one model")
     _apply_overrides(cfg.gatehouse, overrides or {})
+    _check_external_services(cfg.gatehouse, where)
     return cfg
+
+
+def _check_external_services(s: GatehouseSettings, where: str) -> None:
+    """``redis_url``, ``database_url`` and their TLS settings, checked at start-up (the files they name
+    included): a bad one is one line naming the setting now, not a connection failing later."""
+    from core.database import DatabaseConfigError, database_dsn
+
+    try:
+        check_redis_settings(s)
+        if s.database_url:
+            database_dsn(s.database_url, s.database_ssl_root_cert)
+        elif s.database_ssl_root_cert is not None:
+            raise DatabaseConfigError("database_ssl_root_cert is set but database_url is not (the embedded "
+                                      "PostgreSQL speaks no TLS); set database_url")
+    except (RedisConfigError, DatabaseConfigError) as e:
+        raise ConfigError(where + str(e)) from None

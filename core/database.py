@@ -14,15 +14,26 @@ once instead of each waiting out the timeout, and the first call after that prob
 
 The pool is opened (and migrated) lazily when start-up could not reach the server; concurrent callers share
 one attempt.
+
+TLS: asyncpg reads libpq's ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey`` and ``sslcrl`` from the DSN.
+:func:`database_dsn` adds the ``database_ssl_root_cert`` setting to the URL as ``sslrootcert`` and checks both at
+start-up (a missing file, an unknown sslmode, a CA that ``sslmode`` would ignore), so a bad one is named then.
+A TLS failure at connect time (a server certificate the CA does not sign, a name it does not match) is still an
+outage here — a rotated certificate can make it pass again — but its log line says what failed and which
+settings to check, instead of a bare exception name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -44,6 +55,81 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 # at start-up, also "not reachable yet": the role or the database is still being created
 NOT_YET = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+UNVERIFIED_SSLMODES = ("disable", "allow", "prefer")  # asyncpg checks no certificate in these
+SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")  # the DSN parameters that name files
+TLS_SETTINGS_HINT = "check database_url's sslmode/sslrootcert and database_ssl_root_cert"
+
+
+class DatabaseConfigError(ValueError):
+    """``database_url`` or ``database_ssl_root_cert`` cannot be used; the message names it (never the URL,
+    which may hold a password)."""
+
+
+def database_dsn(url: str, ssl_root_cert: str | os.PathLike[str] | None = None) -> str:
+    """The DSN asyncpg gets: ``url``, with ``ssl_root_cert`` (the ``database_ssl_root_cert`` setting) as its
+    ``sslrootcert`` and, when the URL names no ``sslmode``, ``sslmode=verify-full`` (a CA is given to be
+    checked against). Raises DatabaseConfigError naming the setting: an unknown scheme or sslmode, a file that
+    is missing or unreadable, a CA that disagrees with the URL's or that its sslmode would not check."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as e:
+        raise DatabaseConfigError(f"database_url: not a URL ({e})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise DatabaseConfigError(f"database_url: unsupported scheme {parts.scheme or 'none'!r}; use "
+                                  "postgresql://user:password@host:5432/database")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    params = dict(query)
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise DatabaseConfigError(f"database_url: sslmode must be one of {', '.join(SSLMODES)}, got {sslmode!r}")
+    for name in SSL_FILES:
+        if params.get(name):
+            _readable_file(params[name], f"database_url's {name}")
+    root = os.fspath(ssl_root_cert) if ssl_root_cert is not None else None
+    if root is not None:
+        _readable_file(root, "database_ssl_root_cert")
+        if params.get("sslrootcert") and params["sslrootcert"] != root:
+            raise DatabaseConfigError(f"database_ssl_root_cert ({root}) and database_url's sslrootcert "
+                                      f"({params['sslrootcert']}) disagree; set one of them")
+        if sslmode in UNVERIFIED_SSLMODES:
+            raise DatabaseConfigError(f"database_ssl_root_cert is set but database_url's sslmode={sslmode} checks "
+                                      "no certificate; use sslmode=verify-full (or verify-ca)")
+    ca = root or params.get("sslrootcert")
+    if ca:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca)
+        except ssl.SSLError as e:
+            where = "database_ssl_root_cert" if root else "database_url's sslrootcert"
+            raise DatabaseConfigError(f"{where}: {ca} holds no PEM CA certificate ({e.reason or e})") from None
+    if root is None or params.get("sslrootcert"):
+        return url
+    added = [("sslrootcert", root)] + ([] if sslmode else [("sslmode", "verify-full")])
+    return urlunsplit(parts._replace(query=urlencode([*query, *added])))
+
+
+def _readable_file(path: str, where: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise DatabaseConfigError(f"{where}: no such file: {path}")
+    if not os.access(p, os.R_OK):
+        raise DatabaseConfigError(f"{where}: cannot read {path}")
+
+
+def why_unavailable(e: BaseException) -> str:
+    """A log line's reason for a failed connect: a TLS failure spelled out with the settings to check; else the
+    exception's name (the outage's usual causes need no more)."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: the server's certificate was refused ({e.verify_message}); {TLS_SETTINGS_HINT}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS failed ({e.reason or e}); {TLS_SETTINGS_HINT}"
+    if isinstance(e, asyncpg.exceptions.ClientConfigurationError):
+        return f"{e}; {TLS_SETTINGS_HINT}"
+    if isinstance(e, ConnectionError) and "rejected SSL upgrade" in str(e):
+        return f"the server does not speak TLS (it refused the SSL request); {TLS_SETTINGS_HINT}"
+    return type(e).__name__
 
 
 class DatabaseUnavailable(Exception):
@@ -85,8 +171,8 @@ class Database:
         try:
             await self._pool()
         except (*UNAVAILABLE, *NOT_YET) as e:
-            log.warning("PostgreSQL is not reachable yet (%s); readiness will report it", type(e).__name__)
-            self._mark_down()
+            log.warning("PostgreSQL is not reachable yet (%s); readiness will report it", why_unavailable(e))
+            self._mark_down(e)
             return False
         return True
 
@@ -130,7 +216,7 @@ class Database:
         try:
             result = task.result()
         except UNAVAILABLE as e:
-            self._mark_down()
+            self._mark_down(e)
             raise self.unavailable() from e
         if self._failing:
             self._failing = False
@@ -184,8 +270,9 @@ class Database:
         if not task.cancelled() and task.exception() is not None:
             log.debug("an abandoned database call failed: %s", type(task.exception()).__name__)
 
-    def _mark_down(self) -> None:
+    def _mark_down(self, e: BaseException | None = None) -> None:
         if not self._failing:
-            log.warning("PostgreSQL is not answering; database calls answer 503 database_unavailable until it does")
+            log.warning("PostgreSQL is not answering%s; database calls answer 503 database_unavailable until it "
+                        "does", f" ({why_unavailable(e)})" if e is not None else "")
         self._failing = True
         self._down_until = time.monotonic() + self.down_for_s

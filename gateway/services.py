@@ -6,16 +6,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from starlette.requests import Request
 
 from core import capabilities
 from core import queue as q
 from core.capabilities import Features
 from core.config import Config, ModelEntry
+from core.database import database_dsn
 from core.durations import duration_seconds
 from core.keys.store import KeyStore
 from core.pricing import FREE, Price, price_list
+from core.redis_client import RedisTarget, async_client
+from core.redis_client import target as redis_target
 from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
@@ -97,12 +100,13 @@ def services(request: Request) -> Services:
     return svc
 
 
-def redis_client(url: str, max_connections: int = 4096, socket_timeout: float | None = REDIS_TIMEOUT_S) -> Redis:
+def redis_client(target: RedisTarget, max_connections: int = 4096,
+                 socket_timeout: float | None = REDIS_TIMEOUT_S) -> Redis:
     """A pool of connections (each in-flight blocking read holds one); connecting is bounded by
-    REDIS_TIMEOUT_S, and so is every reply when ``socket_timeout`` is set."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
-                                           socket_timeout=socket_timeout, socket_connect_timeout=REDIS_TIMEOUT_S)
-    return Redis(connection_pool=pool)
+    REDIS_TIMEOUT_S, and so is every reply when ``socket_timeout`` is set. Direct, TLS or through Sentinel, as
+    ``redis_url`` says (core.redis_client)."""
+    return async_client(target, max_connections=max_connections, socket_timeout=socket_timeout,
+                        socket_connect_timeout=REDIS_TIMEOUT_S)
 
 
 async def open_db(url: str | None) -> Database | None:
@@ -116,11 +120,10 @@ async def open_db(url: str | None) -> Database | None:
 
 async def build_services(config: Config, master_key: str, drain: Drain | None = None) -> Services:
     s = config.settings
-    if not s.redis_url:
-        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
-    redis = redis_client(s.redis_url)
-    streams = redis_client(s.redis_url, socket_timeout=None)
-    db = await open_db(s.database_url)
+    target = redis_target(s)  # RedisConfigError (one line naming the setting) when it cannot be used
+    redis = redis_client(target)
+    streams = redis_client(target, socket_timeout=None)
+    db = await open_db(database_dsn(s.database_url, s.database_ssl_root_cert) if s.database_url else None)
     keys = KeyCache(KeyStore(db) if db is not None else None, redis, listen_redis=streams)
     keys.start()
     reaper = Reaper(redis)

@@ -7,12 +7,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from arq.connections import RedisSettings
-
 from core import queue as q
 from core.config import Config
-from core.database import Database
+from core.database import Database, database_dsn
 from core.pricing import price_list
+from core.redis_client import arq_settings
+from core.redis_client import target as redis_target
 from observability import metrics
 from observability.jobs import JobObserver
 from workers.backends import Backends
@@ -31,8 +31,8 @@ BATCH_DB_TIMEOUT_S = 10.0  # the batch runner's statements write thousands of li
 
 def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
     s = config.settings
-    if not s.redis_url:
-        raise RuntimeError("redis_url is not set (set REDIS_URL or run `gatehouse up`)")
+    target = redis_target(s)  # RedisConfigError (one line naming the setting) when it cannot be used
+    dsn = database_dsn(s.database_url, s.database_ssl_root_cert) if s.database_url else None
     backends = Backends(config)
     lane = q.lane_of(q.INTERACTIVE_QUEUE)
     tracer: Tracer | None = None
@@ -60,14 +60,14 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
                                backend_kinds={name: e.backend for name, e in models.items()},
                                prices=price_list(models))
         ctx[STATE_KEY] = WorkerState(redis=worker.pool, backends=backends, observer=observer)
-        if s.database_url:  # the Batch API keeps batches in PostgreSQL: without one there are none to run
+        if dsn:  # the Batch API keeps batches in PostgreSQL: without one there are none to run
             nonlocal batch_task, batch_runner
-            batch_runner = BatchRunner(worker.pool, Database(s.database_url, timeout_s=BATCH_DB_TIMEOUT_S), config,
+            batch_runner = BatchRunner(worker.pool, Database(dsn, timeout_s=BATCH_DB_TIMEOUT_S), config,
                                        worker.worker_id)
             batch_task = asyncio.get_running_loop().create_task(batch_runner.run())
             # benchmark runs (ADR 0018): driven through the gateway's HTTP API by one worker at a time
             nonlocal bench_task, bench_runner
-            bench_runner = BenchRunner(worker.pool, Database(s.database_url, timeout_s=BATCH_DB_TIMEOUT_S), config,
+            bench_runner = BenchRunner(worker.pool, Database(dsn, timeout_s=BATCH_DB_TIMEOUT_S), config,
                                        worker.worker_id)
             bench_task = asyncio.get_running_loop().create_task(bench_runner.run())
 
@@ -89,8 +89,7 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
             log.warning("could not hand back unfinished jobs (%s); the other workers will reap them",
                         type(e).__name__)
 
-    settings = RedisSettings.from_dsn(s.redis_url)
-    settings.max_connections = s.worker_concurrency + 16
+    settings = arq_settings(target, max_connections=s.worker_concurrency + 16)
     worker = GatehouseWorker(
         functions=[run_request],
         queue_name=q.INTERACTIVE_QUEUE,

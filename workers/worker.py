@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arq.connections import create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
@@ -33,6 +32,7 @@ from redis.exceptions import ResponseError
 from core import leases, recent
 from core import queue as q
 from core.batches import RESULTS_STREAM, done_key, parse_line_job
+from core.redis_client import arq_pool
 from workers.events import EventWriter
 from workers.runner import run_request
 from workers.state import STATE_KEY, WorkerState, state_of
@@ -88,10 +88,10 @@ class GatehouseWorker(Worker):
         return state_of(self.ctx)
 
     async def main(self) -> None:
-        if self._pool is None:
-            self._pool = await create_pool(self.redis_settings, job_deserializer=self.job_deserializer,
-                                           job_serializer=self.job_serializer, default_queue_name=self.queue_name,
-                                           expires_extra_ms=self.expires_extra_ms)
+        if self._pool is None:  # arq's create_pool, or through Sentinel core.redis_client's (TLS and all)
+            self._pool = await arq_pool(self.redis_settings, job_deserializer=self.job_deserializer,
+                                        job_serializer=self.job_serializer, default_queue_name=self.queue_name,
+                                        expires_extra_ms=self.expires_extra_ms)
         self.ctx["redis"] = self.pool
         self._claim = self.pool.register_script(q.CLAIM_LUA)
         self._beat = self.pool.register_script(leases.HEARTBEAT_LUA)
