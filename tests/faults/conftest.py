@@ -4,19 +4,16 @@ the tests kill, pause and restart; a fake upstream of the module's own, so its r
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import yaml
-from conftest import MASTER_KEY, free_port, show_logs, start_processes, wait_http
+from conftest import MASTER_KEY, free_port, show_logs, wait_http
 
 from bench.fake_upstream import UpstreamThread
-from faults.harness import WORKER_CONCURRENCY, FaultStack, Valkey, env_without_overrides, fault_models
+from faults.harness import WORKER_CONCURRENCY, FaultStack, launch
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +45,15 @@ def fault_upstream() -> Iterator[UpstreamThread]:
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
                 fault_upstream: UpstreamThread) -> Iterator[FaultStack]:
-    root = tmp_path_factory.mktemp("faults")
-    valkey = Valkey(free_port(), root / "valkey")
-    valkey.start()
-    port = free_port()
-    cfg = {"model_list": fault_models(fault_upstream.base_url),
-           "gatehouse": {"port": port, "data_dir": str(root / "data"), "request_timeout_s": 20,
-                         "worker_concurrency": WORKER_CONCURRENCY, "upstream_retries": 0}}
-    path = root / "gatehouse.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    metrics_dir = root / "metrics"
-    metrics_dir.mkdir()
-    env = {**env_without_overrides(dict(os.environ)), "REDIS_URL": valkey.url, "DATABASE_URL": database_url,
-           "GATEHOUSE_MASTER_KEY": MASTER_KEY, "GATEHOUSE_LOG_LEVEL": "info",
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    logs = root / "logs"
-    procs = start_processes(path, env, logs, workers=2)
-    base = f"http://127.0.0.1:{port}"
-    stack = FaultStack(base, MASTER_KEY, path, env, logs, fault_upstream, valkey, procs[0], procs[1:],
-                       {0: "worker0.log", 1: "worker1.log"})
+    stack = launch(tmp_path_factory.mktemp("faults"), database_url, fault_upstream, MASTER_KEY, workers=2,
+                   request_timeout_s=20, worker_concurrency=WORKER_CONCURRENCY, upstream_retries=0)
     try:
-        wait_http(base + "/health/ready", timeout=90, procs=procs)
+        wait_http(stack.base_url + "/health/ready", timeout=90, procs=[stack.gateway, *stack.workers])
         yield stack
     finally:
         stack.stop()
-        valkey.stop()
-        show_logs(Path(logs), "faults", lines=25)
+        stack.valkey.stop()
+        show_logs(stack.logs, "faults", lines=25)
 
 
 @pytest.fixture

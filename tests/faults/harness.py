@@ -2,7 +2,8 @@
 response ended.
 
 ``FaultStack`` owns its own Valkey (a plain ``valkey-server`` process: SIGKILL / SIGSTOP / SIGCONT, restart on the
-same port and data dir), a gateway and two workers started as ``python -m cli serve|worker``. ``StreamRecord``
+same port and data dir), a gateway and two workers started as ``python -m cli serve|worker`` (``launch``), and
+on demand more gateway replicas on the same Valkey and PostgreSQL (tests/faults/test_multi_replica.py). ``StreamRecord``
 keeps what a streamed response delivered and how it ended (``[DONE]``, an error event, a cut connection), read
 with httpx so the SSE lines themselves are seen, not the SDK's interpretation of them.
 """
@@ -22,7 +23,8 @@ from typing import Any
 import httpx
 import orjson
 import redis
-from conftest import free_port
+import yaml
+from conftest import free_port, start_processes
 
 from bench.fake_upstream import UpstreamThread
 
@@ -185,8 +187,18 @@ def fault_models(upstream_base: str) -> list[dict[str, object]]:
 
 
 @dataclass
+class Replica:
+    """A further gateway process of a FaultStack: its own port and config file, the same Valkey and PostgreSQL."""
+
+    base_url: str
+    config_path: Path
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
 class FaultStack:
-    """Gateway + two workers on a Valkey of their own (the session's PostgreSQL), as separate processes."""
+    """Gateway + workers (two unless told) on a Valkey of their own (the session's PostgreSQL), as separate
+    processes; ``replicas``: more gateways beside the first (``spawn_replica``)."""
 
     base_url: str
     master_key: str
@@ -198,17 +210,22 @@ class FaultStack:
     gateway: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]]
     log_names: dict[int, str] = field(default_factory=dict)  # worker slot -> its current log file name
+    replicas: list[Replica] = field(default_factory=list)
     _spawned: int = 0
 
     # processes
     def spawn_worker(self, slot: int) -> subprocess.Popen[bytes]:
-        """A new worker process in ``slot`` (its own log file, so a restarted worker's log starts empty)."""
+        """A new worker process in ``slot`` (its own log file, so a restarted worker's log starts empty); the slot
+        after the last adds a worker."""
         self._spawned += 1
         name = f"worker{slot}-{self._spawned}.log"
         out = (self.logs / name).open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "-c", str(self.config_path)], env=self.env,
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        self.workers[slot] = proc
+        if slot == len(self.workers):
+            self.workers.append(proc)
+        else:
+            self.workers[slot] = proc
         self.log_names[slot] = name
         return proc
 
@@ -219,6 +236,45 @@ class FaultStack:
         self.gateway = subprocess.Popen([sys.executable, "-m", "cli", "serve", "-c", str(self.config_path)],
                                         env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         return self.gateway
+
+    def spawn_replica(self) -> Replica:
+        """One more gateway process, on a port of its own (its config file is the stack's but for the port)."""
+        self._spawned += 1
+        port = free_port()
+        cfg = yaml.safe_load(self.config_path.read_text())
+        cfg["gatehouse"]["port"] = port
+        path = self.config_path.with_name(f"replica-{self._spawned}.yaml")
+        path.write_text(yaml.safe_dump(cfg))
+        out = (self.logs / f"replica-{self._spawned}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "-c", str(path)], env=self.env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+        replica = Replica(f"http://127.0.0.1:{port}", path, proc)
+        self.replicas.append(replica)
+        return replica
+
+    @property
+    def gateways(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """(base URL, process) of every gateway: the first, then the replicas."""
+        return [(self.base_url, self.gateway), *((r.base_url, r.proc) for r in self.replicas)]
+
+    def wait_serving(self, timeout: float = 90) -> None:
+        """Until every gateway answers /health/ready with Redis and PostgreSQL up and every worker logged that it
+        is ready; unlike ``wait_ready`` this holds with no worker running (readiness then says 503 "workers")."""
+        deadline = time.monotonic() + timeout
+        for base, proc in self.gateways:
+            last: Any = None
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"gateway {base} exited with {proc.returncode}; see {self.logs}")
+                _, last = self.ready(base)
+                checks = last.get("checks", {}) if isinstance(last, dict) else {}
+                if checks.get("redis") and checks.get("postgres"):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{base}/health/ready: Redis or PostgreSQL not up after {timeout}s: {last}")
+                time.sleep(0.1)
+        for slot in range(len(self.workers)):
+            self.wait_worker_ready(slot, timeout=max(1.0, deadline - time.monotonic()))
 
     def worker_log(self, slot: int) -> str:
         return (self.logs / self.log_names.get(slot, f"worker{slot}.log")).read_text(errors="replace")
@@ -283,15 +339,16 @@ class FaultStack:
             time.sleep(0.1)
         raise TimeoutError(f"/health/ready not ready after {timeout}s: {last}")
 
-    def ready(self) -> tuple[int, Any]:
+    def ready(self, base_url: str | None = None, query: str = "") -> tuple[int, Any]:
+        """/health/ready (+ ``query``) of the first gateway, or of the gateway at ``base_url``: (status, JSON)."""
         try:
-            r = httpx.get(self.base_url + "/health/ready", timeout=5)
+            r = httpx.get((base_url or self.base_url) + "/health/ready" + query, timeout=5)
             return r.status_code, r.json()
         except (httpx.HTTPError, ValueError) as e:
             return 0, type(e).__name__
 
     def stop(self) -> None:
-        procs = [self.gateway, *self.workers]
+        procs = [p for _, p in self.gateways] + self.workers
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGCONT)
@@ -321,6 +378,35 @@ class FaultStack:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                     total += s.value
         return total
+
+
+def launch(root: Path, database_url: str, upstream: UpstreamThread, master_key: str, *, workers: int = 2,
+           replicas: int = 0, **settings: Any) -> FaultStack:
+    """Valkey, then a gateway, ``replicas`` more gateways and ``workers`` workers, all started at once (not waited
+    for: ``wait_serving``/``wait_ready``). ``settings``: the ``gatehouse:`` section beyond port and data dir."""
+    valkey = Valkey(free_port(), root / "valkey")
+    valkey.start()
+    port = free_port()
+    cfg = {"model_list": fault_models(upstream.base_url),
+           "gatehouse": {"port": port, "data_dir": str(root / "data"), **settings}}
+    path = root / "gatehouse.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    metrics_dir = root / "metrics"  # gateways and workers share metric files, as under `gatehouse up`
+    metrics_dir.mkdir()
+    env = {**env_without_overrides(dict(os.environ)), "REDIS_URL": valkey.url, "DATABASE_URL": database_url,
+           "GATEHOUSE_MASTER_KEY": master_key, "GATEHOUSE_LOG_LEVEL": "info",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    logs = root / "logs"
+    try:
+        procs = start_processes(path, env, logs, workers=workers)
+    except BaseException:
+        valkey.stop()
+        raise
+    stack = FaultStack(f"http://127.0.0.1:{port}", master_key, path, env, logs, upstream, valkey, procs[0],
+                       procs[1:], {slot: f"worker{slot}.log" for slot in range(workers)})
+    for _ in range(replicas):
+        stack.spawn_replica()
+    return stack
 
 
 # ── clients ───────────────────────────────────────────────────────────────────────────────────────────
