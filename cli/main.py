@@ -78,6 +78,38 @@ def worker(config: ConfigOpt = None,
 
 
 @app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply the database migrations now and exit (needs DATABASE_URL). Gateways also migrate when they first
+    connect, under a PostgreSQL advisory lock; run this before a rollout (the Kubernetes migration Job does) so a
+    failing migration shows here, not as gateways that crash-loop. Running it again applies nothing."""
+    import asyncpg
+
+    from core.database import database_dsn
+    from gateway.db.migrate import migrate as apply_migrations
+
+    cfg = load(config)
+    s = cfg.settings
+    setup_logging(s.log_level, s.log_format, "migrate")
+    if not s.database_url:
+        err_console.print("gatehouse migrate: no database_url (set DATABASE_URL or database_url in the config)")
+        raise typer.Exit(2)
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(database_dsn(s.database_url or "", s.database_ssl_root_cert), timeout=10)
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    try:
+        applied = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+        err_console.print(f"gatehouse migrate: {type(e).__name__}: {e}")
+        raise typer.Exit(1) from None
+    print("applied migrations:", ", ".join(map(str, applied)) if applied else "none, the schema is up to date")
+
+
+@app.command()
 def models(config: ConfigOpt = None,
            url: Annotated[str | None, typer.Option("--base-url", help="Ask this running gateway instead.")] = None
            ) -> None:

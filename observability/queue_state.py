@@ -26,6 +26,7 @@ class QueueState:
     heartbeat_age_s: float = 0.0  # the stalest live worker's heartbeat age
     up: bool = True
     tenants: lanes_module.LaneTenants = field(default_factory=lanes_module.LaneTenants)  # per tenant
+    runner_work: dict[str, int] | None = None  # kind -> unfinished batches / benchmark runs (None: unknown)
 
     def waiting(self, lane: str) -> int:
         return max(0, self.queued.get(lane, 0) - self.running.get(lane, 0))
@@ -97,3 +98,11 @@ class QueueStateCollector(Collector):
                                 "Age of the stalest live worker's last heartbeat.")
         age.add_metric([], s.heartbeat_age_s)
         yield age
+        if s.runner_work is not None:
+            work = GaugeMetricFamily("gatehouse_runner_work",
+                                     "Unfinished batches and benchmark runs, by kind: a worker's runner moves them "
+                                     "on (with no worker they wait in PostgreSQL, not in the queue).",
+                                     labels=["kind"])
+            for kind, n in s.runner_work.items():
+                work.add_metric([kind], float(n))
+            yield work

@@ -83,6 +83,9 @@ def test_one_scrape_has_gateway_and_worker_metrics(stack, client) -> None:  # ty
     assert value(after, "gatehouse_workers_live") >= 1
     assert ("gatehouse_queue_depth", frozenset({("lane", "interactive")})) in after
     assert value(after, "gatehouse_inflight_jobs", lane="interactive") >= 0
+    # and from PostgreSQL: unfinished batches and benchmark runs (what wakes a worker scaled to zero)
+    assert value(after, "gatehouse_runner_work", kind="batch") >= 0
+    assert value(after, "gatehouse_runner_work", kind="benchmark") >= 0
     # the conventions' bucket boundaries
     ttft_buckets = {dict(ls)["le"] for (n, ls) in after if n == "gen_ai_server_time_to_first_token_seconds_bucket"}
     assert {"0.001", "0.04", "0.25", "10.0", "+Inf"} <= ttft_buckets
