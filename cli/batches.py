@@ -15,10 +15,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
-import openai
 import orjson
 import typer
 from rich.console import Console
@@ -27,6 +26,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err, fail, load, metadata_pairs, out
+
+if TYPE_CHECKING:
+    import openai
 
 batches_app = typer.Typer(help="OpenAI Batch API: submit JSONL files of requests, follow them, download the "
                                "results (needs a running gateway).", no_args_is_help=True)
@@ -51,6 +53,8 @@ BatchId = Annotated[str, typer.Argument(help="Batch id (batch_…).", show_defau
 
 # ── talking to the gateway ────────────────────────────────────────────────────────────────────────────
 def _client(config: str | None, url: str | None, key: str | None) -> openai.OpenAI:
+    import openai  # the SDK takes ~0.8 s to import: only commands that talk to the gateway pay it
+
     cfg = load(config)
     return openai.OpenAI(base_url=base_url(cfg, url) + "/v1", api_key=api_key(cfg, key, "API key (--api-key)"),
                          max_retries=1, timeout=TIMEOUT)
@@ -59,6 +63,8 @@ def _client(config: str | None, url: str | None, key: str | None) -> openai.Open
 @contextmanager
 def _errors(client: openai.OpenAI) -> Iterator[None]:
     """Any SDK error becomes one line on stderr and exit 1."""
+    import openai
+
     gateway = str(client.base_url).rstrip("/").removesuffix("/v1")
     try:
         yield
@@ -214,7 +220,7 @@ def submit(
     with _errors(client):
         uploaded = client.files.create(file=(file.name, content), purpose="batch")
         batch = _raw(client.batches.with_raw_response.create, input_file_id=uploaded.id, endpoint=endpoint.value,
-                     completion_window="24h", metadata=tags if tags is not None else openai.omit)
+                     completion_window="24h", **({"metadata": tags} if tags is not None else {}))
         if not json_:
             out.print(f"submitted {batch['id']} ({file.name} as {uploaded.id}, {endpoint.value})", soft_wrap=True)
         if not wait:
@@ -253,7 +259,7 @@ def list_(
 ) -> None:
     client = _client(config, url, key)
     with _errors(client):
-        page = _raw(client.batches.with_raw_response.list, limit=limit, after=after or openai.omit)
+        page = _raw(client.batches.with_raw_response.list, limit=limit, **({"after": after} if after else {}))
     if json_:
         _print_json(page)
         return
