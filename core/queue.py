@@ -311,8 +311,9 @@ QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.
 # ── claim script (worker side) ────────────────────────────────────────────────────────────────────────
 # KEYS: 1 interactive queue, 2 its fair hash, 3 batch queue, 4 its fair hash
 # ARGV: 1 most jobs to claim, 2 in-progress TTL (ms), 3 arq's in-progress key prefix, 4 most batch-lane jobs to
-#       claim (within ARGV[1]), 5 most queue entries to look at per lane, 6 arq's job key prefix, 7 arq's retry
-#       key prefix, 8 arq's abort zset, 9 retry key TTL (s), 10 this worker's running hash (core.leases reaps it)
+#       claim (within ARGV[1]), 5 most queue entries to look at per lane (read CLAIM_PAGE at a time), 6 arq's job
+#       key prefix, 7 arq's retry key prefix, 8 arq's abort zset, 9 retry key TTL (s), 10 this worker's running
+#       hash (core.leases reaps it)
 # Interactive jobs first, then the batch lane's (batch lines, calls by batch-lane keys) with what is left; each
 # lane in score order (priority, then fair share: FAIR_SCORE_LUA), and each lane's clock moves to the start of
 # the latest job claimed. For each job not already running elsewhere it takes arq's in-progress lock and does
@@ -322,13 +323,21 @@ QUEUE_FULL_EVENT = error_event(503, "The gateway's queue is full; retry shortly.
 # the jobs this worker now owns: arq's ZRANGEBYSCORE, its per-job WATCH/EXISTS/ZSCORE/MULTI/PSETEX and run_job's
 # GET/INCR/EXPIRE/ZREM, in one round trip for both lanes.
 CLAIM_FIELDS = 6
+# The claim reads each lane a page at a time, from the head, until it has what it wants or has looked at ARGV[5]
+# entries: running jobs stay at the head (their entries leave at their end), so the work is the running jobs
+# ahead plus what it takes, and the window (workers.assemble: the whole interactive queue) bounds it.
+CLAIM_PAGE = 256
 CLAIM_INTERACTIVE, CLAIM_BATCH = 0, 1  # a claimed job's last field: the lane it came from
 CLAIM_LUA = """
+local CLAIM_PAGE = """ + str(CLAIM_PAGE) + """
 local out = {}
 local function claim(queue, fair, want, lane)
   if want <= 0 then return end
-  local taken, clocks = 0, {}
-  local head = redis.call('ZRANGE', queue, 0, tonumber(ARGV[5]) - 1, 'WITHSCORES')
+  local taken, clocks, look, from = 0, {}, tonumber(ARGV[5]), 0
+  while taken < want and from < look do
+  local head = redis.call('ZRANGE', queue, from, math.min(from + CLAIM_PAGE, look) - 1, 'WITHSCORES')
+  if #head == 0 then break end
+  from = from + CLAIM_PAGE
   for i = 1, #head, 2 do
     if taken >= want then break end
     local id = head[i]
@@ -350,6 +359,7 @@ local function claim(queue, fair, want, lane)
       local start = score - band * 1e12
       if clocks[band] == nil or start > clocks[band] then clocks[band] = start end
     end
+  end
   end
   for band, start in pairs(clocks) do
     local now = tonumber(redis.call('HGET', fair, 'now:' .. band) or '0')

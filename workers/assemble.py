@@ -98,6 +98,9 @@ def build_worker(config: Config, *, burst: bool = False) -> GatehouseWorker:
         on_shutdown=on_shutdown,
         burst=burst,
         max_jobs=s.worker_concurrency,
+        # the claim's window: the whole interactive queue (queue_max_depth counts its running jobs too), so every
+        # queued job is in reach however many workers run; arq's 5 x max_jobs capped a queue at 1,280 running jobs
+        queue_read_limit=max(5 * s.worker_concurrency, s.queue_max_depth),
         job_timeout=s.request_timeout_s + 5,
         keep_result=0,
         max_tries=q.MAX_TRIES,

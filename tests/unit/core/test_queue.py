@@ -403,3 +403,14 @@ def test_an_entry_that_ends_the_request_is_recognised_undecoded() -> None:
     assert q.ends_request(q.pack_events([q.result_event({"x": 1}), q.END_EVENT]))
     assert not q.ends_request(q.pack_events([q.chunk_event({"choices": []}), q.result_event({"x": 1})]))
     assert not q.ends_request(q.chunk_event({"choices": []}))
+
+
+async def test_claim_reads_past_a_page_of_running_jobs(r: aioredis.Redis, keys: Keys) -> None:
+    """Running jobs keep their entries at the head; the claim pages past them, up to its window."""
+    ahead = q.CLAIM_PAGE + 44
+    await r.zadd(keys.queue, {f"run{i}": i for i in range(ahead)})
+    for i in range(ahead):
+        await r.set(keys.lock_prefix + f"run{i}", "1", px=30_000)  # held by other workers
+    await r.zadd(keys.queue, {"free": ahead + 1})
+    assert ids(await claim(r, keys, want=1, look=ahead)) == []  # beyond the window: out of reach
+    assert ids(await claim(r, keys, want=1, look=ahead + 1)) == ["free"]
