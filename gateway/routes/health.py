@@ -1,5 +1,6 @@
 """Health probes: liveness (process up), readiness (Redis, PostgreSQL, a fresh worker unless
-``?workers=optional``; ``down`` names what is not), and a summary. Each check is bounded (2 s), so a paused dependency cannot hang the probe."""
+``?workers=optional``; ``down`` names what is not), and a summary. Each check is bounded (2 s), so a paused
+dependency cannot hang the probe."""
 
 from __future__ import annotations
 

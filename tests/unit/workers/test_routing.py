@@ -16,11 +16,11 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from core import queue as q
 from core.config import Config, LiteLLMParams, ModelEntry
 from core.queue import JobSpec, SamplingParams
+from core.routestate import cooldown_key
 from core.routing import NO_ORDER, Deployment, RouterSettings
 from observability.jobs import JobObserver
 from unit.workers.fake_backend import FakeBackend
 from workers.backends import Backend, BackendError, Backends
-from core.routestate import cooldown_key
 from workers.balancer import ALL_COOLED, Balancer
 from workers.routing import Group, Route, build_routes, is_context_window
 from workers.runner import run_request
