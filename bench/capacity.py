@@ -64,12 +64,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import platform
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -81,9 +79,9 @@ import orjson
 from redis.asyncio import Redis
 
 from bench.bench_runs import cpu_by_role, cpu_per_request
-from bench.common import log, med
+from bench.common import log, med, run_main
 from bench.overhead import BODY, GATEHOUSE_HEADERS, git_describe, one, one_stream, pct
-from bench.redis_monitor import local_ports, parse_monitor
+from bench.redis_monitor import issuers, monitoring, parse_monitor, socket_inodes, tcp_rows
 from bench.stack import ROOT, Stack, running_stack
 from core.config import GatehouseSettings
 from core.queue import INTERACTIVE_QUEUE, WORKERS_KEY, running_key
@@ -204,24 +202,9 @@ def redis_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def conns_to(pid: int, port: int) -> int:
     """Established TCP connections of process ``pid`` to ``port`` on this machine (/proc)."""
-    inodes = set()
-    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    n = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = pathlib.Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            n += cols[9] in inodes and cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port
-    return n
+    inodes = socket_inodes(pid)
+    return sum(1 for cols in tcp_rows()
+               if cols[9] in inodes and cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port)
 
 
 async def pg_counters(pg: asyncpg.Connection) -> dict[str, int]:
@@ -384,24 +367,10 @@ async def monitored(ctx: Ctx, w: Workload, seconds: float) -> dict[str, Any]:
     """``w`` for ``seconds`` with MONITOR attached: commands per request by issuer (gateway, worker, lua)."""
     st = ctx.stack
     mon_file = (st.tmp or pathlib.Path("/tmp")) / f"monitor-{w.name}.log"
-    host, port = st.redis_url.removeprefix("redis://").split("/")[0].split(":")
-    mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.redis_trace", "--monitor",
-                                               f"{host}:{port}", str(mon_file), cwd=str(ROOT))
-    try:
-        deadline = time.time() + 10
-        while not (mon_file.exists() and mon_file.read_bytes().startswith(b"+OK")):
-            if time.time() > deadline:
-                raise TimeoutError("MONITOR did not start")
-            await asyncio.sleep(0.05)
+    async with monitoring(st.redis_url, mon_file, cwd=ROOT):
         load = await drive(ctx.url, ctx.headers, w, seconds)
-        who = dict.fromkeys(local_ports(st.gateway_pid), "gateway")
-        for pid in st.worker_pids:
-            who.update(dict.fromkeys(local_ports(pid), "worker"))
-        who.update(dict.fromkeys(local_ports(os.getpid()), "bench"))
+        who = issuers(st.gateway_pid, st.worker_pids)
         await asyncio.sleep(0.3)
-    finally:
-        mon.terminate()
-        await mon.wait()
     cmds = parse_monitor(mon_file, who)
     mon_file.unlink(missing_ok=True)
     n = max(1, load["n"])
@@ -734,16 +703,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup, args.idle, args.monitor = 1, 4.0, 1.0, 1.0, 1.5
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    res = asyncio.run(run(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2, default=str))
+    res = run_main(run, args)
     print(report(res))
 
 

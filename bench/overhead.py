@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import platform
@@ -50,6 +49,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.common import run_main
 from bench.stack import KEY, ROOT, git_worktree, running_floor, running_stack
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
@@ -334,16 +334,7 @@ def main() -> None:
                         "default: stop at [DONE], as before")
     p.add_argument("--json", type=pathlib.Path, help="also write the raw results here")
     args = p.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    res = asyncio.run(run(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+    res = run_main(run, args)
     print(report(res))
 
 

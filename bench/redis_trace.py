@@ -30,7 +30,6 @@ import os
 import pathlib
 import re
 import statistics
-import sys
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -42,7 +41,7 @@ import orjson
 from redis.asyncio import Redis
 
 from bench.overhead import BODY, GATEHOUSE_HEADERS
-from bench.redis_monitor import Cmd, local_ports, monitor_to_file, parse_monitor
+from bench.redis_monitor import Cmd, issuers, monitor_to_file, monitoring, parse_monitor
 from bench.stack import git_worktree, running_stack
 
 
@@ -244,20 +243,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["commandstats_per_request"][kind] = {
                     k: round(v / args.count, 3) for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v > 0}
                 res["client_ms_without_monitor"][kind] = client_medians(plain)
-            who = dict.fromkeys(local_ports(st.gateway_pid), "gateway")
-            for pid in st.worker_pids:
-                who.update(dict.fromkeys(local_ports(pid), "worker"))
-            who.update(dict.fromkeys(local_ports(os.getpid()), "bench"))
+            who = issuers(st.gateway_pid, st.worker_pids)
             mon_file = (st.tmp or pathlib.Path("/tmp")) / "monitor.log"
-            host, port = st.redis_url.removeprefix("redis://").split("/")[0].split(":")
-            mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.redis_trace", "--monitor",
-                                                       f"{host}:{port}", str(mon_file))
-            try:
-                deadline = time.time() + 10
-                while not (mon_file.exists() and mon_file.read_bytes().startswith(b"+OK")):
-                    if time.time() > deadline:
-                        raise TimeoutError("MONITOR did not start")
-                    await asyncio.sleep(0.05)
+            async with monitoring(st.redis_url, mon_file):
                 await asyncio.sleep(0.5)
                 detailed = []
                 for stream in (False, True):
@@ -269,9 +257,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if args.gap_ms:
                         await asyncio.sleep(args.gap_ms / 1000)
                 await asyncio.sleep(0.3)
-            finally:
-                mon.terminate()
-                await mon.wait()
         cmds = parse_monitor(mon_file, who)
         all_smp = detailed + samples
         ends = [x.sent for x in all_smp[1:]] + [all_smp[-1].sent + 0.3]

@@ -30,6 +30,22 @@ MASTER_KEY = "sk-gh-test-master-key-0123456789"
 JWT_SECRET = "test-shared-secret-for-hs256-tokens-0123456789"
 
 
+def admin_sql(database_url: str, sql: str) -> None:
+    """One statement on the server outside any transaction (CREATE/DROP DATABASE for a test's own database)."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -40,7 +40,7 @@ import httpx
 import pytest
 import redis
 import yaml
-from conftest import MASTER_KEY, free_port, show_logs, start_processes, stop_processes, wait_http
+from conftest import MASTER_KEY, admin_sql, free_port, show_logs, start_processes, stop_processes, wait_http
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,6 +54,7 @@ from core.config import Config, GatehouseSettings
 from core.redis_client import GatehouseRedisSettings, RedisTarget, arq_pool, arq_settings, sync_client
 from core.redis_client import target as redis_target
 from gateway.services import redis_client
+from tests.unit.core.test_redis_url import Opts
 from workers.assemble import build_worker
 
 SERVICE = "gatehouse-primary"
@@ -265,33 +266,13 @@ def pg_tls(runner: LoopThread, certs: Certs, database_url: str) -> Iterator[PgTL
     socket_dir = Path(parse_qs(urlsplit(database_url).query)["host"][0])
     path = next(str(p) for p in socket_dir.glob(".s.PGSQL.*") if not p.name.endswith(".lock"))
     name = f"ext_services_{os.getpid()}"
-    asyncio.run(_admin_sql(database_url, f"CREATE DATABASE {name}"))
+    admin_sql(database_url, f"CREATE DATABASE {name}")
     t = Terminator(runner, certs, path, postgres=True)
     try:
         yield PgTLS(t, name)
     finally:
         t.close()
-        asyncio.run(_admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _admin_sql(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@dataclass
-class Opts:
-    """The settings core.redis_client reads (GatehouseSettings would let the environment's REDIS_URL win)."""
-
-    redis_url: str | None = None
-    redis_tls_ca_file: Path | None = None
-    redis_tls_cert_file: Path | None = None
-    redis_tls_key_file: Path | None = None
-    redis_tls_cert_reqs: str | None = None
-    redis_tls_check_hostname: bool | None = None
+        admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _worker_settings(t: RedisTarget) -> GatehouseRedisSettings:

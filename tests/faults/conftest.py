@@ -3,14 +3,12 @@ the tests kill, pause and restart; a fake upstream of the module's own, so its r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
-from conftest import MASTER_KEY, free_port, show_logs, wait_http
+from conftest import MASTER_KEY, admin_sql, free_port, show_logs, wait_http
 
 from bench.fake_upstream import UpstreamThread
 from faults.harness import WORKER_CONCURRENCY, FaultStack, launch
@@ -22,17 +20,9 @@ def database_url(database_url: str) -> Iterator[str]:
     drives its batches and runs, so the session's stack (when a test before started it) must not see this
     module's, nor this module's stack the session's."""
     name = f"faults_{int(time.time() * 1000)}"
-    asyncio.run(_admin_sql(database_url, f"CREATE DATABASE {name}"))
+    admin_sql(database_url, f"CREATE DATABASE {name}")
     yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    asyncio.run(_admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _admin_sql(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    admin_sql(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

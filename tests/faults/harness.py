@@ -381,13 +381,15 @@ class FaultStack:
 
 
 def launch(root: Path, database_url: str, upstream: UpstreamThread, master_key: str, *, workers: int = 2,
-           replicas: int = 0, **settings: Any) -> FaultStack:
+           replicas: int = 0, models: list[dict[str, Any]] | None = None, sections: dict[str, Any] | None = None,
+           **settings: Any) -> FaultStack:
     """Valkey, then a gateway, ``replicas`` more gateways and ``workers`` workers, all started at once (not waited
-    for: ``wait_serving``/``wait_ready``). ``settings``: the ``gatehouse:`` section beyond port and data dir."""
+    for: ``wait_serving``/``wait_ready``). ``settings``: the ``gatehouse:`` section beyond port and data dir;
+    ``models``: entries added to ``fault_models``; ``sections``: more top-level sections (``router_settings``)."""
     valkey = Valkey(free_port(), root / "valkey")
     valkey.start()
     port = free_port()
-    cfg = {"model_list": fault_models(upstream.base_url),
+    cfg = {"model_list": [*fault_models(upstream.base_url), *(models or [])], **(sections or {}),
            "gatehouse": {"port": port, "data_dir": str(root / "data"), **settings}}
     path = root / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(cfg))

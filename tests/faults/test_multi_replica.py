@@ -30,15 +30,25 @@ GRACE_S = 3.0  # the gateways' shutdown_grace_s: a drain lasts this long at most
 RPM, ATTEMPTS = 40, 80
 PARALLEL, PARALLEL_ATTEMPTS = 4, 12
 QUEUED = 8  # requests sent while no worker runs
+PRICE_IN, PRICE_OUT = 0.001, 0.002  # USD per token of the ``priced`` model
+SPEND_CALLS, SHAKY_CALLS = 30, 24
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, database_url: str,
              fault_upstream: UpstreamThread) -> Iterator[FaultStack]:
     """Gateways A and B (one Valkey, the module's PostgreSQL database), no worker yet: all started at once."""
+    up = {"api_base": fault_upstream.base_url, "api_key": "sk-upstream-secret"}
+    models = [  # spend: a price per token; routing: a group with one failing deployment (its state is in Redis)
+        {"model_name": "priced", "litellm_params": {"model": "openai/fake", **up},
+         "model_info": {"input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}},
+        {"model_name": "shaky", "litellm_params": {"model": "openai/fake", "max_retries": 0, **up}},
+        {"model_name": "shaky", "litellm_params": {"model": "openai/status-500", "max_retries": 0, **up}}]
+    routing = {"router_settings": {"routing_strategy": "simple-shuffle", "allowed_fails": 1, "cooldown_time": 120,
+                                   "num_retries": 2}}
     stack = launch(tmp_path_factory.mktemp("replicas"), database_url, fault_upstream, MASTER_KEY, workers=0,
-                   replicas=1, request_timeout_s=60, shutdown_grace_s=GRACE_S, worker_concurrency=8,
-                   upstream_retries=0)
+                   replicas=1, models=models, sections=routing, request_timeout_s=60, shutdown_grace_s=GRACE_S,
+                   worker_concurrency=8, upstream_retries=0)
     try:
         stack.wait_serving(timeout=120)
         yield stack
@@ -170,6 +180,51 @@ async def test_rate_limits_are_exact_across_gateways(two_workers: FaultStack) ->
     for a in slow:
         if a.status != 200:
             assert_rate_limited(a, f"requests in flight (limit {PARALLEL})")
+
+
+async def test_spend_and_routing_state_are_shared(two_workers: FaultStack) -> None:
+    """Spend: 30 priced calls spread over both gateways are charged to the key exactly (the sum of each answer's
+    usage at the configured prices), as both gateways report it. Routing: a group whose second deployment fails,
+    with allowed_fails 1, called one at a time until its second failure cools it down, then 24 times in waves over
+    both gateways and both workers: every call answers, and the failing deployment gets no call after the
+    cooldown from any worker."""
+    h = two_workers
+    bases = [base for base, _ in h.gateways]
+    key = create_key(h, bases[0])
+    failing_before = upstream_count(h.upstream, "status-500")
+    async with new_client() as c:
+        priced = await asyncio.gather(*(chat(c, bases[i % 2], key["key"], "priced") for i in range(SPEND_CALLS)))
+        shaky: list[Answer] = []
+        for i in range(SHAKY_CALLS):  # one at a time until the second failure has cooled the deployment down
+            shaky.append(await chat(c, bases[i % 2], h.master_key, "shaky"))
+            if upstream_count(h.upstream, "status-500") - failing_before >= 2:
+                break
+        cooled = upstream_count(h.upstream, "status-500") - failing_before
+        for _ in range(SHAKY_CALLS // 4):  # then in waves over both gateways, claimed by both workers
+            shaky += await asyncio.gather(*(chat(c, bases[i % 2], h.master_key, "shaky") for i in range(4)))
+    assert [a.status for a in priced] == [200] * SPEND_CALLS, [a.body for a in priced if a.status != 200][:2]
+    expected = sum(a.body["usage"]["prompt_tokens"] * PRICE_IN + a.body["usage"]["completion_tokens"] * PRICE_OUT
+                   for a in priced)
+    assert expected > 0
+    reported: dict[str, float] = {}
+    deadline = time.monotonic() + 15  # each gateway writes its spend rows in batches, every second
+    async with new_client() as c:
+        while True:
+            for base in bases:
+                r = await c.get(base + "/spend/daily", params={"key": key["key_id"]},
+                                headers={"authorization": f"Bearer {h.master_key}"})
+                assert r.status_code == 200, r.text
+                reported[base] = r.json()["total_cost"]
+            if all(abs(v - expected) < 1e-9 for v in reported.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    failing = upstream_count(h.upstream, "status-500") - failing_before
+    print(f"\n[shared state] spend expected {expected:.6f}, reported {reported}; failing deployment called "
+          f"{failing} time(s) in {len(shaky)} calls on 2 workers")
+    assert all(abs(v - expected) < 1e-9 for v in reported.values()), (expected, reported)
+    assert [a.status for a in shaky] == [200] * len(shaky), [a.body for a in shaky if a.status != 200][:2]
+    assert cooled == 2, f"allowed_fails 1: the second failure cools the deployment down (saw {cooled})"
+    assert failing == 2, f"the failing deployment got {failing} calls: cooldowns are not shared by the workers"
 
 
 async def test_revocation_reaches_both_gateways_within_a_second(two_workers: FaultStack) -> None:
