@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(DEVSTAMP): pyproject.toml $(STAMP)
+# one resolve for the runtime and dev dependencies (the runtime ones are a subset: `make up` needs nothing more)
+$(DEVSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $@
+	touch $(STAMP) $@
 
 install: $(STAMP)
 install-dev: $(DEVSTAMP)
@@ -28,8 +29,10 @@ lint: $(DEVSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# two pytest processes, each taking whole test files (their module fixtures and stacks stay in one process):
+# the suite waits on servers more than it computes, so two share the 2-core machine well
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(DEVSTAMP)
 	$(BIN)/python bench/overhead.py

@@ -219,7 +219,7 @@ async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: igno
     from conftest import create_key
 
     flood, small = create_key(stack, key_alias="flood"), create_key(stack, team_id="team-lanes")
-    body = {"model": "slow", "delay": 1.5, "messages": [{"role": "user", "content": "x"}]}
+    body = {"model": "slow", "delay": 2.5, "messages": [{"role": "user", "content": "x"}]}
 
     async def call(c: httpx.AsyncClient, key: str) -> int:
         r = await c.post(stack.base_url + "/v1/chat/completions", json=body,
@@ -233,6 +233,11 @@ async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: igno
         named_health = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()
         public_health = (await c.get(stack.base_url + "/health")).json()
         named, public = named_health["lanes"]["interactive"], public_health["lanes"]["interactive"]
+        for _ in range(20):  # a worker reports its running jobs with each heartbeat (every second)
+            workers = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["worker_list"]
+            if sum(w["running"]["interactive"] for w in workers) >= 1:
+                break
+            await asyncio.sleep(0.1)
         assert sorted(await asyncio.gather(*calls)) == [200] * 27
         after = (await c.get(stack.base_url + "/health", headers=_auth(stack))).json()["lanes"]["interactive"]
     by = named["by_tenant"]
@@ -244,7 +249,6 @@ async def test_health_shows_lane_depths_per_tenant(stack) -> None:  # type: igno
     slow = next(m for m in named_health["models"] if m["id"] == "slow")  # per model, for the console's models page
     assert slow["waiting"] + slow["running"] >= 27 and slow["running"] >= 1, slow
     assert [d["id"] for d in slow["deployments"]] == ["slow#0"] and slow["healthy"] is True, slow
-    workers = named_health["worker_list"]  # admins: each worker's heartbeat and jobs
     assert workers and all(w["last_heartbeat_s"] < 30 for w in workers if w["fresh"]), workers
     assert sum(w["running"]["interactive"] for w in workers) >= 1, workers
     assert "worker_list" not in public_health and "recent_errors" not in public_health
