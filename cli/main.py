@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cli.batches import batches_app
 from cli.bench import bench_app
-from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err_console, load
+from cli.common import BaseUrlOpt, ConfigOpt, api_key, base_url, err_console, fail, load
 from cli.embedded import ensure_master_key
 from cli.keys import keys_app
 from cli.traces import traces_app
@@ -91,8 +91,8 @@ def migrate(config: ConfigOpt = None) -> None:
     s = cfg.settings
     setup_logging(s.log_level, s.log_format, "migrate")
     if not s.database_url:
-        err_console.print("gatehouse migrate: no database_url (set DATABASE_URL or database_url in the config)")
-        raise typer.Exit(2)
+        fail("gatehouse migrate: no database_url (set DATABASE_URL or database_url in the config; `gatehouse up` "
+             "migrates its embedded PostgreSQL itself)", code=2)
 
     async def run() -> list[int]:
         conn = await asyncpg.connect(database_dsn(s.database_url or "", s.database_ssl_root_cert), timeout=10)
@@ -104,8 +104,7 @@ def migrate(config: ConfigOpt = None) -> None:
     try:
         applied = asyncio.run(run())
     except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-        err_console.print(f"gatehouse migrate: {type(e).__name__}: {e}")
-        raise typer.Exit(1) from None
+        fail(f"gatehouse migrate: {type(e).__name__}: {e}")
     print("applied migrations:", ", ".join(map(str, applied)) if applied else "none, the schema is up to date")
 
 
