@@ -397,6 +397,12 @@ def test_the_models_page_shows_health_and_counts(page: Page, stack: Stack) -> No
     expect(row.locator("td.queued")).to_have_text(re.compile(r"^\d+$"))
     expect(row.locator("td.in-flight")).to_have_text(re.compile(r"^\d+$"))
     expect(row.locator("li[data-deployment]")).to_have_count(1)
+    r = api(stack, "POST", "/v1/chat/completions",  # a lone deployment is never cooled down: its failures show
+            json={"model": "status-500", "messages": [{"role": "user", "content": "fail please"}]})
+    assert r.status_code >= 500, r.text
+    page.reload()
+    failing = page.locator("table#models tr[data-model='status-500'] td.health")
+    expect(failing).to_have_text(re.compile(r"^healthy · [1-9]\d* failed in 5 min$"))
     screenshot(page, "models")
 
 

@@ -1,16 +1,29 @@
 /* Models: GET /v1/models (what this key may use) joined with GET /health: per model its backend, health (cooldowns
-   of its deployments), jobs queued and in flight, each deployment's routing state, and the hybrid scaling state of
+   of its deployments; for admins its failed jobs in the last 5 minutes), jobs queued and in flight, each deployment's routing state, and the hybrid scaling state of
    Modal apps that workers report (seed 004). Refreshes every 5 s. */
 (function () {
   "use strict";
   const GH = window.GH;
 
-  function health(m) {
+  const ERROR_WINDOW_S = 300;
+
+  /* Cooldowns (every deployment's, from its routing state), then, for admins, the model's failed jobs in the last
+     five minutes (/health's recent_errors): a lone deployment is never cooled down, but its failures show. */
+  function health(m, errors) {
     if (!m) return "—";
     const cooled = (m.deployments || []).filter(function (d) { return d.healthy === false; }).length;
-    if (m.healthy === undefined) return "unknown";
-    if (!m.healthy) return "cooling down";
-    return cooled ? "degraded (" + cooled + " cooling down)" : "healthy";
+    let text = "unknown";
+    if (m.healthy === false) text = "cooling down";
+    else if (m.healthy) text = cooled ? "degraded (" + cooled + " cooling down)" : "healthy";
+    if (errors) text += " · " + errors + " failed in 5 min";
+    return text;
+  }
+
+  function errorsByModel(recent) {
+    const since = Date.now() / 1000 - ERROR_WINDOW_S;
+    const out = {};
+    (recent || []).forEach(function (e) { if (e.model && e.at >= since) out[e.model] = (out[e.model] || 0) + 1; });
+    return out;
   }
 
   function deploymentText(d) {
@@ -19,7 +32,7 @@
       d.recent_failures;
   }
 
-  function modelRows(list, byId) {
+  function modelRows(list, byId, errors) {
     const tbody = document.querySelector("#models tbody");
     tbody.replaceChildren();
     list.data.forEach(function (entry) {
@@ -30,7 +43,7 @@
                           deploymentText(d)));
       });
       tbody.append(GH.el("tr", { dataset: { model: entry.id } }, GH.el("td", {}, entry.id),
-        GH.el("td", {}, (m && m.backend) || "—"), GH.el("td", { class: "health" }, health(m)),
+        GH.el("td", {}, (m && m.backend) || "—"), GH.el("td", { class: "health" }, health(m, errors[entry.id])),
         GH.el("td", { class: "queued" }, m && m.waiting !== undefined ? m.waiting : "—"),
         GH.el("td", { class: "in-flight" }, m && m.running !== undefined ? m.running : "—"), GH.el("td", {}, deps)));
     });
@@ -63,7 +76,7 @@
       (h.models || []).forEach(function (m) { byId[m.id] = m; });
       document.getElementById("health-status").textContent = h.status;
       document.getElementById("health-workers").textContent = h.workers;
-      modelRows(list, byId);
+      modelRows(list, byId, errorsByModel(h.recent_errors));
       scalingRows(h.scaling || {});
       GH.flash("");
     } catch (e) {
