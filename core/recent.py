@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from core import queue as q
 
@@ -40,14 +41,20 @@ def reaped_record(description: str, reaper: str) -> bytes:
                         error={"status": 502, "type": "server_error", "code": "worker_lost", "message": description})
 
 
+def push(pipe: Pipeline, *records: bytes) -> None:
+    """Add the push of ``records`` (newest last), keeping the newest ``KEEP``, to ``pipe`` (e.g. a worker's
+    end-of-job transaction)."""
+    pipe.lpush(ERRORS_KEY, *records)
+    pipe.ltrim(ERRORS_KEY, 0, KEEP - 1)
+
+
 async def note(redis: Redis, *records: bytes) -> None:
-    """Push ``records`` (newest last) and keep the newest ``KEEP``; best effort: a failure is one log line."""
+    """``push`` on its own; best effort: a failure is one log line."""
     if not records:
         return
     try:
         async with redis.pipeline(transaction=True) as tr:
-            tr.lpush(ERRORS_KEY, *records)
-            tr.ltrim(ERRORS_KEY, 0, KEEP - 1)
+            push(tr, *records)
             await tr.execute()
     except Exception as e:  # noqa: BLE001 - bookkeeping for operators; the job's answer is already settled
         log.warning("could not record %d recent error(s): %s", len(records), type(e).__name__)

@@ -19,6 +19,7 @@ from core.keys.store import KeyStore
 from core.pricing import FREE, Price, price_list
 from core.redis_client import RedisTarget, async_client
 from core.redis_client import target as redis_target
+from core.routing import Deployment
 from core.settings import TeamLimits
 from gateway.auth import Authenticator, Principal
 from gateway.auth.jwt_auth import JwtVerifier
@@ -45,6 +46,7 @@ class Services:
     auth: Authenticator
     db: Database | None
     models: dict[str, ModelEntry]
+    deployments: dict[str, list[Deployment]]  # model name -> its deployments (ids for /health's routing state)
     keys: KeyCache
     limiter: Limiter
     spend: SpendRecorder
@@ -143,6 +145,7 @@ async def build_services(config: Config, master_key: str, drain: Drain | None = 
         auth=Authenticator(master_key, keys, jwt, SessionStore(redis)),
         db=db,
         models=models,
+        deployments=config.deployments(),
         keys=keys,
         limiter=Limiter(redis, inflight_ttl_s=s.request_timeout_s + 30),
         tracing=s.tracing.enabled,

@@ -321,8 +321,7 @@ class GatehouseWorker(Worker):
             if timing is not None:  # a benchmark call's timing record: there before its client reads the end
                 tr.set(q.bench_timing_key(job_id), timing, ex=q.BENCH_TIMING_TTL_S)
             if failure is not None:  # for operators: the recent-errors list (core.recent)
-                tr.lpush(recent.ERRORS_KEY, failure)
-                tr.ltrim(recent.ERRORS_KEY, 0, recent.KEEP - 1)
+                recent.push(tr, failure)
             if line is not None:  # a batch line: its result goes to the batch runner, with the line marked done
                 if events:
                     tr.xadd(RESULTS_STREAM, {b"j": job_id, q.EVENT_FIELD: q.pack_events(events)})

@@ -96,7 +96,7 @@ def _lanes(depths: lanes.LaneTenants, named: bool) -> dict[str, Any]:
 async def _models(svc: Services, depths: lanes.LaneTenants | None, redis_ok: bool) -> list[dict[str, Any]]:
     """Per model: its backend, jobs waiting and running (both lanes), and each deployment's routing state (in
     flight, cooldown, recent failures; core.routestate). Deployment ids only: never an upstream's address."""
-    groups = svc.config.deployments()
+    groups = svc.deployments
     states: dict[str, routestate.DeploymentState] = {}
     if redis_ok:
         flat = [d for deps in groups.values() for d in deps]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from conftest import MASTER_KEY, admin_sql, free_port, show_logs, wait_http
+from conftest import MASTER_KEY, admin_sql, free_port, wait_http
 
 from bench.fake_upstream import UpstreamThread
 from faults.harness import WORKER_CONCURRENCY, FaultStack, launch
@@ -41,9 +41,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         wait_http(stack.base_url + "/health/ready", timeout=90, procs=[stack.gateway, *stack.workers])
         yield stack
     finally:
-        stack.stop()
-        stack.valkey.stop()
-        show_logs(stack.logs, "faults", lines=25)
+        stack.shut_down("faults")
 
 
 @pytest.fixture

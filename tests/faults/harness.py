@@ -24,7 +24,7 @@ import httpx
 import orjson
 import redis
 import yaml
-from conftest import free_port, start_processes
+from conftest import free_port, show_logs, start_processes
 
 from bench.fake_upstream import UpstreamThread
 
@@ -359,6 +359,12 @@ class FaultStack:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+    def shut_down(self, name: str) -> None:
+        """A fixture's teardown: every process, then Valkey; the logs' last lines on stderr."""
+        self.stop()
+        self.valkey.stop()
+        show_logs(self.logs, name, lines=25)
 
     # logs
     def log_texts(self) -> dict[str, str]:

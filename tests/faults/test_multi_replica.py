@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import MASTER_KEY, show_logs
+from conftest import MASTER_KEY
 
 from bench.fake_upstream import CANNED, UpstreamThread
 from core import queue as q
@@ -53,9 +53,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         stack.wait_serving(timeout=120)
         yield stack
     finally:
-        stack.stop()
-        stack.valkey.stop()
-        show_logs(stack.logs, "replicas", lines=25)
+        stack.shut_down("replicas")
 
 
 @pytest.fixture
